@@ -1,0 +1,1 @@
+//! Kernel loading and the boot-time view of the machine.
