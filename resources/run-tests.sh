@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# kvmrun's whole test suite, as the README and CI run it:
+#   1. formatting, lints, unit tests and the tiny-payload tests, directly on this machine;
+#   2. the guest artifacts (default kernel + initramfs, Debian's stock kernel + its initramfs);
+#   3. the integration tests that boot real Linux guests: directly on hardware KVM, otherwise
+#      (PVM, or no vmx/svm) all of them inside one boot of the test host.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n== %s\n' "$*" >&2; }
+
+say "format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+
+say "unit tests and tiny payload guests (directly on this machine's /dev/kvm)"
+cargo test --workspace
+
+say "guest artifacts (cached in ${KVMRUN_CACHE:-$HOME/.cache/kvmrun})"
+read -r bzimage vmlinux < <(bash resources/guest/build-kernel.sh | tail -n1)
+initrd=$(bash resources/guest/build-initramfs.sh | tail -n1)
+read -r distro_kernel distro_initrd < <(bash resources/guest/build-distro-initramfs.sh | tail -n1)
+
+export KVMRUN_TEST_BZIMAGE=$bzimage KVMRUN_TEST_VMLINUX=$vmlinux KVMRUN_TEST_INITRD=$initrd
+export KVMRUN_TEST_DISTRO_KERNEL=$distro_kernel KVMRUN_TEST_DISTRO_INITRD=$distro_initrd
+
+# The guest tests are #[ignore]d in a plain `cargo test` (they need a KVM that runs Linux);
+# here they run with --ignored, one at a time so timings are not skewed by each other.
+guest_tests=$(cargo test --no-run --message-format=json --test guest 2>/dev/null |
+  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
+[ -x "$guest_tests" ] || { echo "run-tests: could not build the guest test binary" >&2; exit 1; }
+
+if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
+  say "guest tests: /dev/kvm here is PVM (or no vmx/svm), so they run inside the test host"
+  bash resources/testhost/build.sh >/dev/null
+  bash resources/testhost/run.sh --timeout "${KVMRUN_TESTHOST_TIMEOUT:-1500}" -- \
+    "$guest_tests" --ignored --test-threads=1
+else
+  say "guest tests: hardware KVM, running them directly"
+  "$guest_tests" --ignored --test-threads=1
+fi

@@ -1,0 +1,172 @@
+//! Command-line interface: what a user can ask of kvmrun, and the parsing of its values.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// The kernel command line every guest gets unless `--cmdline` replaces it: the console on the
+/// first UART, reboot through the keyboard controller (the reset kvmrun emulates), and a panic
+/// that reboots at once so a crashed guest ends the run instead of hanging it.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
+
+#[derive(Debug, Parser)]
+#[command(name = "kvmrun", version, about = "A KVM-based virtual machine monitor")]
+pub struct Cli {
+    /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
+    #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
+    pub log_level: log::LevelFilter,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Boot a guest: the given kernel, or the default guest (built on first use).
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct RunArgs {
+    /// Guest kernel: a bzImage or an ELF vmlinux (detected from the file). Without it, the default
+    /// guest kernel and initramfs are built (cached in $KVMRUN_CACHE) and booted.
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+
+    /// Initial ramdisk (initramfs) loaded per the Linux boot protocol.
+    #[arg(long, value_name = "PATH")]
+    pub initrd: Option<PathBuf>,
+
+    /// Kernel command line; replaces the default.
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    pub cmdline: String,
+
+    /// Appended to the kernel command line (e.g. `-- sh -c 'cmd'` runs cmd as the default guest's init command).
+    #[arg(long, value_name = "STR")]
+    pub append: Option<String>,
+
+    /// Number of vCPUs, each run by its own host thread.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=254))]
+    pub cpus: u8,
+
+    /// Guest memory: a number with an optional K, M, G or T suffix (binary units); no suffix means MiB.
+    #[arg(long, default_value = "256M", value_name = "SIZE")]
+    pub memory: MemSize,
+
+    /// Where the serial console goes: stdio (stdin is the guest's input; Ctrl-A x quits), none, or file=PATH.
+    #[arg(long, default_value = "stdio", value_name = "stdio|none|file=PATH")]
+    pub console: ConsoleMode,
+
+    /// Print boot timings (process start to kernel entry, first console byte, boot complete, exit) to stderr.
+    #[arg(long, value_name = "FORMAT")]
+    pub boot_report: Option<BootReportFormat>,
+
+    /// Boot even though /dev/kvm is PVM, which cannot run a Linux kernel: for tiny test payloads.
+    #[arg(long)]
+    pub allow_pvm: bool,
+
+    /// Boot inside the project's test host (Linux under QEMU TCG with nested SVM) instead of on
+    /// this machine's /dev/kvm: the way to boot a Linux guest where /dev/kvm is PVM.
+    #[arg(long)]
+    pub testhost: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BootReportFormat {
+    Json,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConsoleMode {
+    Stdio,
+    None,
+    File(PathBuf),
+}
+
+impl FromStr for ConsoleMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "stdio" => Ok(ConsoleMode::Stdio),
+            "none" => Ok(ConsoleMode::None),
+            _ => match s.strip_prefix("file=") {
+                Some(path) if !path.is_empty() => Ok(ConsoleMode::File(PathBuf::from(path))),
+                _ => Err(format!(
+                    "'{s}' is not a console mode: use stdio, none or file=PATH"
+                )),
+            },
+        }
+    }
+}
+
+/// A memory size in bytes, parsed from `512M`, `2G`, `1024` (MiB) and the like.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemSize(pub u64);
+
+impl FromStr for MemSize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || format!("'{s}' is not a memory size: use a number with K, M, G or T, e.g. 512M or 2G");
+        let t = s.trim();
+        let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+        let (num, unit) = t.split_at(digits_end);
+        let num: u64 = num.parse().map_err(|_| bad())?;
+        let unit = unit.trim();
+        let unit = unit
+            .strip_suffix("iB")
+            .or_else(|| unit.strip_suffix('B'))
+            .unwrap_or(unit);
+        let shift = match unit {
+            "" | "M" | "m" => 20,
+            "K" | "k" => 10,
+            "G" | "g" => 30,
+            "T" | "t" => 40,
+            _ => return Err(bad()),
+        };
+        let bytes = num
+            .checked_mul(1u64 << shift)
+            .filter(|&b| b > 0)
+            .ok_or_else(bad)?;
+        Ok(MemSize(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes_parse_with_binary_units() {
+        assert_eq!("512M".parse::<MemSize>(), Ok(MemSize(512 << 20)));
+        assert_eq!("2G".parse::<MemSize>(), Ok(MemSize(2 << 30)));
+        assert_eq!("2GiB".parse::<MemSize>(), Ok(MemSize(2 << 30)));
+        assert_eq!("65536K".parse::<MemSize>(), Ok(MemSize(64 << 20)));
+        assert_eq!("1024".parse::<MemSize>(), Ok(MemSize(1 << 30)));
+        assert_eq!("1T".parse::<MemSize>(), Ok(MemSize(1 << 40)));
+    }
+
+    #[test]
+    fn malformed_memory_sizes_are_rejected() {
+        for bad in ["", "M", "12X", "-1G", "0", "1.5G", "99999999999999999999G", "18446744073709551615T"] {
+            assert!(bad.parse::<MemSize>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn console_modes_parse() {
+        assert_eq!("stdio".parse(), Ok(ConsoleMode::Stdio));
+        assert_eq!("none".parse(), Ok(ConsoleMode::None));
+        assert_eq!("file=/tmp/x".parse(), Ok(ConsoleMode::File("/tmp/x".into())));
+        assert!("file=".parse::<ConsoleMode>().is_err());
+        assert!("tty".parse::<ConsoleMode>().is_err());
+    }
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

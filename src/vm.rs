@@ -1,0 +1,370 @@
+//! One VM from creation to exit: KVM set-up in the order KVM requires, guest memory, the
+//! boot-time machine, devices, vCPU threads, the main event loop and the stop.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::thread::JoinHandleExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use devices::acpi_pm::AcpiSleepControl;
+use devices::bus::Bus;
+use devices::debug_port::{BootComplete, DebugExit};
+use devices::i8042::I8042;
+use devices::serial::Serial;
+use devices::vm_exit::{ExitReason, ExitSignal};
+use event_manager::{EventManager, EventOps, Events, MutEventSubscriber, SubscriberOps};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_ioctls::{Cap, Kvm, VmFd};
+use linux_loader::cmdline::Cmdline;
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::boot_report::BootTimeline;
+use crate::cli::ConsoleMode;
+use crate::console::{ConsoleInput, RawModeGuard};
+use crate::error::Error;
+use crate::host_check::{host_memory_bytes, KvmFlavor};
+use crate::memory::{create_guest_memory, register_with_kvm, GuestMemory};
+use crate::vcpu::{self, BootEntry, ExitCounters, VcpuContext};
+
+/// Everything that defines one VM, resolved from the command line.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub cpus: u8,
+    pub mem_size: u64,
+    pub console: ConsoleMode,
+    pub allow_pvm: bool,
+}
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub status: i32,
+    pub reason: String,
+}
+
+/// What KVM must offer; checked up front so a missing feature is one clear line, not an EINVAL later.
+const REQUIRED_CAPS: [(Cap, &str); 8] = [
+    (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
+    (Cap::UserMemory, "KVM_CAP_USER_MEMORY"),
+    (Cap::SetTssAddr, "KVM_CAP_SET_TSS_ADDR"),
+    (Cap::SetIdentityMapAddr, "KVM_CAP_SET_IDENTITY_MAP_ADDR"),
+    (Cap::Pit2, "KVM_CAP_PIT2"),
+    (Cap::Irqfd, "KVM_CAP_IRQFD"),
+    (Cap::Ioeventfd, "KVM_CAP_IOEVENTFD"),
+    (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
+];
+
+/// Builds the VM described by `cfg`, runs it to the end, and says how it ended.
+pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Error> {
+    check_host(cfg)?;
+
+    let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+    for (cap, name) in REQUIRED_CAPS {
+        if !kvm.check_extension(cap) {
+            return Err(Error::KvmCapability(name));
+        }
+    }
+    let max_vcpus = kvm.get_max_vcpus();
+    if usize::from(cfg.cpus) > max_vcpus {
+        return Err(Error::TooManyCpus(cfg.cpus, max_vcpus));
+    }
+
+    let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+    // Order matters: TSS and identity map before the irqchip and the first vCPU, the PIT after
+    // the irqchip (see shared/rust-vmm-notes.md).
+    vm.set_tss_address(boot::layout::KVM_TSS_ADDR as usize)
+        .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
+    vm.set_identity_map_address(boot::layout::KVM_IDENTITY_MAP_ADDR)
+        .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
+    vm.create_irq_chip().map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+    let pit = kvm_pit_config {
+        // Port 0x61's speaker gate is not emulated; KVM answers it with a dummy.
+        flags: KVM_PIT_SPEAKER_DUMMY,
+        ..Default::default()
+    };
+    vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+
+    let mem = create_guest_memory(cfg.mem_size)?;
+    register_with_kvm(&vm, &mem)?;
+    let boot_entry = load_guest(cfg, &mem)?;
+
+    let exit = Arc::new(ExitSignal::new().map_err(|e| Error::Device(format!("exit eventfd: {e}")))?);
+    let machine = build_devices(cfg, &vm, &exit, &timeline)?;
+
+    let counters = Arc::new(ExitCounters::default());
+    let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
+    for index in 0..cfg.cpus {
+        let entry = (index == 0).then_some(&boot_entry);
+        vcpus.push(vcpu::create_vcpu(&kvm, &vm, index, cfg.cpus, entry)?);
+    }
+
+    let wake = exit.eventfd().try_clone().map_err(|e| Error::Device(format!("exit eventfd: {e}")))?;
+    crate::termination::install(wake.as_raw_fd()).map_err(|e| Error::Device(format!("signal handlers: {e}")))?;
+    vcpu::install_kick_handler()?;
+
+    let _raw_mode = match cfg.console {
+        ConsoleMode::Stdio => RawModeGuard::new(std::io::stdin().as_raw_fd()).map_err(Error::Console)?,
+        _ => None,
+    };
+    let mut event_loop = MainLoop::new(&exit, cfg.console == ConsoleMode::Stdio, &machine.serial)?;
+
+    let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(vcpus.len());
+    for (index, fd) in vcpus.into_iter().enumerate() {
+        let ctx = VcpuContext {
+            pio: machine.pio.clone(),
+            mmio: machine.mmio.clone(),
+            exit: exit.clone(),
+            timeline: timeline.clone(),
+            counters: counters.clone(),
+        };
+        match vcpu::spawn(index as u8, fd, ctx) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                exit.request(ExitReason::Fatal);
+                stop_vcpus(threads);
+                return Err(e);
+            }
+        }
+    }
+
+    let loop_result = event_loop.run_until_exit(&exit);
+    if loop_result.is_err() {
+        exit.request(ExitReason::Fatal);
+    }
+    stop_vcpus(threads);
+    timeline.exit();
+    machine.serial.flush_output();
+    loop_result?;
+    drop(wake);
+
+    log::info!(
+        "exits: {} port I/O, {} MMIO, {} other",
+        counters.io.load(std::sync::atomic::Ordering::Relaxed),
+        counters.mmio.load(std::sync::atomic::Ordering::Relaxed),
+        counters.other.load(std::sync::atomic::Ordering::Relaxed)
+    );
+    Ok(outcome(exit.reason(), crate::termination::received()))
+}
+
+fn outcome(reason: Option<ExitReason>, signal: Option<i32>) -> RunOutcome {
+    match (reason, signal) {
+        (_, Some(sig)) => RunOutcome {
+            status: 128 + sig,
+            reason: format!("signal {sig}"),
+        },
+        (Some(r), None) => RunOutcome {
+            status: r.exit_status(),
+            reason: match r {
+                ExitReason::Reset => "reset".into(),
+                ExitReason::PowerOff => "poweroff".into(),
+                ExitReason::DebugExit(n) => format!("debug-exit {n}"),
+                ExitReason::Quit => "quit".into(),
+                ExitReason::Fatal => "vcpu-error".into(),
+            },
+        },
+        (None, None) => RunOutcome {
+            status: ExitReason::Fatal.exit_status(),
+            reason: "unknown".into(),
+        },
+    }
+}
+
+fn check_host(cfg: &VmConfig) -> Result<(), Error> {
+    if !cfg.allow_pvm && KvmFlavor::detect() == KvmFlavor::Pvm {
+        return Err(Error::PvmHost);
+    }
+    if let Some(host) = host_memory_bytes() {
+        if cfg.mem_size > host {
+            return Err(Error::MemoryTooLarge {
+                size: cfg.mem_size >> 20,
+                host: host >> 20,
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Loads kernel and initrd and writes the boot-time machine: command line, zero page, MP and
+/// ACPI tables, GDT and page tables.
+fn load_guest(cfg: &VmConfig, mem: &GuestMemory) -> Result<BootEntry, Error> {
+    let mut kernel_file = File::open(&cfg.kernel).map_err(Error::file("kernel", &cfg.kernel))?;
+    let kernel = boot::kernel::load_kernel(mem, &mut kernel_file)?;
+    let initrd = match &cfg.initrd {
+        Some(path) => {
+            let mut f = File::open(path).map_err(Error::file("initrd", path))?;
+            Some(boot::initrd::load_initrd(mem, &mut f, &kernel, cfg.mem_size)?)
+        }
+        None => None,
+    };
+
+    let mut cmdline = Cmdline::new(boot::layout::CMDLINE_MAX_SIZE)
+        .map_err(|e| Error::Cmdline(e.to_string()))?;
+    cmdline
+        .insert_str(&cfg.cmdline)
+        .map_err(|e| Error::Cmdline(format!("{e} (at most {} bytes)", boot::layout::CMDLINE_MAX_SIZE - 1)))?;
+    boot::params::write_cmdline_and_boot_params(
+        mem,
+        &boot::params::BootParamsConfig {
+            cmdline: &cmdline,
+            kernel: &kernel,
+            initrd: initrd.as_ref(),
+            mem_size: cfg.mem_size,
+        },
+    )?;
+    boot::mptable::write_mptable(mem, cfg.cpus, &[])?;
+    boot::acpi::write_acpi_tables(mem, cfg.cpus, &boot::acpi::AcpiPciConfig::default())?;
+    let gdt = boot::gdt::write_gdt(mem)?;
+    let cr3 = boot::paging::write_identity_page_tables(mem)?;
+    log::info!(
+        "kernel {:?} entry {:#x}, initrd {:?}",
+        kernel.format,
+        kernel.entry.0,
+        initrd.as_ref().map(|i| (i.addr.0, i.size))
+    );
+    Ok(BootEntry {
+        entry: kernel.entry,
+        gdt,
+        cr3,
+    })
+}
+
+/// The platform devices and the buses the vCPUs dispatch to.
+struct Machine {
+    pio: Arc<Bus>,
+    mmio: Arc<Bus>,
+    serial: Arc<Serial>,
+}
+
+fn build_devices(
+    cfg: &VmConfig,
+    vm: &VmFd,
+    exit: &Arc<ExitSignal>,
+    timeline: &Arc<BootTimeline>,
+) -> Result<Machine, Error> {
+    let dev_err = |what: &str, e: &dyn std::fmt::Display| Error::Device(format!("{what}: {e}"));
+
+    let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err("serial irq eventfd", &e))?;
+    vm.register_irqfd(&serial_irq, boot::layout::SERIAL_IRQ)
+        .map_err(|e| dev_err("serial irqfd", &e))?;
+    let out: Box<dyn Write + Send> = match &cfg.console {
+        ConsoleMode::Stdio => Box::new(std::io::stdout()),
+        ConsoleMode::None => Box::new(std::io::sink()),
+        ConsoleMode::File(path) => Box::new(File::create(path).map_err(Error::file("console file", path))?),
+    };
+    let serial = Arc::new(Serial::new(serial_irq, out));
+    let t = timeline.clone();
+    serial.set_first_output_hook(Box::new(move || t.first_console_byte()));
+
+    let t = timeline.clone();
+    let boot_complete = BootComplete::new(Some(Box::new(move |at| t.boot_complete(at))));
+
+    let mut pio = Bus::new();
+    let insert = |bus: &mut Bus, base: u64, len: u64, dev: Arc<dyn devices::bus::BusDevice>| {
+        bus.insert(base, len, dev)
+            .map_err(|e| dev_err(&format!("port {base:#x}"), &e))
+    };
+    insert(&mut pio, 0x3f8, 8, serial.clone())?;
+    insert(&mut pio, 0x60, 5, Arc::new(I8042::new(exit.clone())))?;
+    insert(&mut pio, 0x501, 1, Arc::new(DebugExit::new(exit.clone())))?;
+    insert(&mut pio, 0x502, 1, Arc::new(boot_complete))?;
+    insert(
+        &mut pio,
+        boot::layout::ACPI_SLEEP_CONTROL_PORT,
+        2,
+        Arc::new(AcpiSleepControl::new(exit.clone())),
+    )?;
+
+    Ok(Machine {
+        pio: Arc::new(pio),
+        mmio: Arc::new(Bus::new()),
+        serial,
+    })
+}
+
+/// The main thread's loop: console input and the exit eventfd.
+struct MainLoop {
+    manager: EventManager<Arc<Mutex<dyn MutEventSubscriber + Send>>>,
+    console: Option<Arc<Mutex<ConsoleInput>>>,
+}
+
+/// Wakes the loop when a stop is requested (by a device, a vCPU or a signal).
+struct ExitWatcher {
+    fd: EventFd,
+}
+
+impl MutEventSubscriber for ExitWatcher {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.fd.read();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
+            log::error!("cannot watch the exit eventfd: {e}");
+        }
+    }
+}
+
+impl MainLoop {
+    fn new(exit: &Arc<ExitSignal>, console_input: bool, serial: &Arc<Serial>) -> Result<Self, Error> {
+        let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
+            .map_err(|e| Error::EventLoop(e.to_string()))?;
+        let fd = exit
+            .eventfd()
+            .try_clone()
+            .map_err(|e| Error::EventLoop(e.to_string()))?;
+        manager.add_subscriber(Arc::new(Mutex::new(ExitWatcher { fd })));
+        let console = console_input.then(|| {
+            let input = Arc::new(Mutex::new(ConsoleInput::new(serial.clone(), exit.clone())));
+            manager.add_subscriber(input.clone());
+            input
+        });
+        Ok(MainLoop { manager, console })
+    }
+
+    fn run_until_exit(&mut self, exit: &ExitSignal) -> Result<(), Error> {
+        while !exit.is_requested() && crate::termination::received().is_none() {
+            // Poll briefly only while console bytes wait for room in the UART FIFO; otherwise
+            // sleep until something happens (no busy polling when idle).
+            let pending = self
+                .console
+                .as_ref()
+                .is_some_and(|c| c.lock().map(|c| c.has_pending()).unwrap_or(false));
+            let timeout = if pending { 5 } else { -1 };
+            self.manager
+                .run_with_timeout(timeout)
+                .map_err(|e| Error::EventLoop(e.to_string()))?;
+            if let Some(c) = &self.console {
+                if let Ok(mut c) = c.lock() {
+                    c.flush_pending();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Stops every vCPU thread and waits for it: kicks each with the kick signal until it has left
+/// KVM_RUN and seen the stop (a kick can land just before KVM_RUN, so it is repeated).
+fn stop_vcpus(threads: Vec<JoinHandle<()>>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    for t in threads {
+        while !t.is_finished() && Instant::now() < deadline {
+            // SAFETY: the thread has not been joined, so its pthread_t is valid.
+            unsafe { libc::pthread_kill(t.as_pthread_t(), vcpu::kick_signal()) };
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            log::error!("a vCPU thread did not stop within 2 s; exiting without it");
+        }
+    }
+}

@@ -1,0 +1,148 @@
+//! Shared helpers for kvmrun's integration tests: running the binary, and tiny payload guests.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+/// The kvmrun binary under test.
+pub fn kvmrun() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kvmrun"));
+    c.stdin(Stdio::null());
+    c
+}
+
+/// Runs kvmrun with `args` and a time limit; panics (failing the test) if it hangs.
+pub fn run_kvmrun(args: &[&str], limit: Duration) -> Output {
+    let mut cmd = kvmrun();
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().expect("start kvmrun");
+    wait_with_limit(child, limit)
+}
+
+pub fn wait_with_limit(mut child: std::process::Child, limit: Duration) -> Output {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!(
+                "kvmrun did not exit within {limit:?}\nstdout: {}\nstderr: {}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// A scratch directory unique to one test.
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kvmrun-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("scratch dir");
+    dir
+}
+
+/// What a payload does after printing its message.
+#[derive(Debug, Clone, Copy)]
+pub enum PayloadEnd {
+    /// Writes the status to kvmrun's debug-exit port (0x501).
+    DebugExit(u8),
+    /// Pulses the reset line through the i8042 (0xFE to port 0x64), as Linux's reboot=k does.
+    I8042Reset,
+    /// Enters ACPI S5 through the hardware-reduced sleep control register (port 0x600).
+    AcpiPowerOff,
+    /// Executes ud2 with an empty IDT: #UD cannot be delivered, which escalates to a triple fault.
+    TripleFault,
+    /// Halts with interrupts off: never comes back on its own.
+    Hang,
+}
+
+/// Address the payload is linked and loaded at: 1 MiB, where kvmrun loads ELF kernels.
+const LOAD_ADDR: u64 = 0x10_0000;
+
+/// 64-bit code that kvmrun enters in long mode: writes `message` to the UART at 0x3f8 one byte
+/// at a time, optionally signals boot-complete (port 0x502), then does `end`.
+pub fn payload_code(message: &[u8], boot_complete: bool, end: PayloadEnd) -> Vec<u8> {
+    let mut code: Vec<u8> = Vec::new();
+    code.extend_from_slice(&[0x66, 0xBA, 0xF8, 0x03]); // mov dx, 0x3f8
+    let lea_at = code.len();
+    code.extend_from_slice(&[0x48, 0x8D, 0x35, 0, 0, 0, 0]); // lea rsi, [rip + msg]
+    code.push(0xB9); // mov ecx, len
+    code.extend_from_slice(&(message.len() as u32).to_le_bytes());
+    if !message.is_empty() {
+        let top = code.len();
+        code.push(0xAC); // lodsb
+        code.push(0xEE); // out dx, al
+        code.extend_from_slice(&[0xFF, 0xC9]); // dec ecx
+        let rel = top as i64 - (code.len() as i64 + 2);
+        code.extend_from_slice(&[0x75, rel as i8 as u8]); // jnz top
+    }
+    if boot_complete {
+        code.extend_from_slice(&[0x66, 0xBA, 0x02, 0x05, 0xB0, 0x01, 0xEE]); // out 0x502, 1
+    }
+    match end {
+        PayloadEnd::DebugExit(s) => code.extend_from_slice(&[0x66, 0xBA, 0x01, 0x05, 0xB0, s, 0xEE]),
+        PayloadEnd::I8042Reset => code.extend_from_slice(&[0x66, 0xBA, 0x64, 0x00, 0xB0, 0xFE, 0xEE]),
+        // SLP_EN (bit 5) | SLP_TYP 5 (bits 4:2) = 0x34.
+        PayloadEnd::AcpiPowerOff => code.extend_from_slice(&[0x66, 0xBA, 0x00, 0x06, 0xB0, 0x34, 0xEE]),
+        PayloadEnd::TripleFault => code.extend_from_slice(&[0x0F, 0x0B]),
+        PayloadEnd::Hang => {}
+    }
+    let hlt = code.len();
+    code.push(0xF4); // hlt
+    let rel = hlt as i64 - (code.len() as i64 + 2);
+    code.extend_from_slice(&[0xEB, rel as i8 as u8]); // jmp hlt
+    let msg_at = code.len();
+    let disp = (msg_at as i64 - (lea_at as i64 + 7)) as i32;
+    code[lea_at + 3..lea_at + 7].copy_from_slice(&disp.to_le_bytes());
+    code.extend_from_slice(message);
+    code
+}
+
+/// Wraps code in a minimal ELF64 executable with one PT_LOAD segment at LOAD_ADDR.
+pub fn elf64(code: &[u8]) -> Vec<u8> {
+    const EHDR: usize = 64;
+    const PHDR: usize = 56;
+    let offset = (EHDR + PHDR) as u64;
+    let mut f = Vec::new();
+    f.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0]); // ELF64, little endian, v1
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f.extend_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    f.extend_from_slice(&1u32.to_le_bytes()); // EV_CURRENT
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // e_entry
+    f.extend_from_slice(&(EHDR as u64).to_le_bytes()); // e_phoff
+    f.extend_from_slice(&0u64.to_le_bytes()); // e_shoff
+    f.extend_from_slice(&0u32.to_le_bytes()); // e_flags
+    f.extend_from_slice(&(EHDR as u16).to_le_bytes());
+    f.extend_from_slice(&(PHDR as u16).to_le_bytes());
+    f.extend_from_slice(&1u16.to_le_bytes()); // e_phnum
+    f.extend_from_slice(&64u16.to_le_bytes()); // e_shentsize
+    f.extend_from_slice(&0u16.to_le_bytes()); // e_shnum
+    f.extend_from_slice(&0u16.to_le_bytes()); // e_shstrndx
+    assert_eq!(f.len(), EHDR);
+    f.extend_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f.extend_from_slice(&5u32.to_le_bytes()); // R+X
+    f.extend_from_slice(&offset.to_le_bytes()); // p_offset
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_vaddr
+    f.extend_from_slice(&LOAD_ADDR.to_le_bytes()); // p_paddr
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_filesz
+    f.extend_from_slice(&(code.len() as u64).to_le_bytes()); // p_memsz
+    f.extend_from_slice(&0x1000u64.to_le_bytes()); // p_align
+    assert_eq!(f.len(), EHDR + PHDR);
+    f.extend_from_slice(code);
+    f
+}
+
+/// Writes a payload ELF into `dir` and returns its path.
+pub fn write_payload(dir: &Path, name: &str, message: &[u8], boot_complete: bool, end: PayloadEnd) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, elf64(&payload_code(message, boot_complete, end))).expect("write payload");
+    path
+}

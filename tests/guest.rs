@@ -1,0 +1,161 @@
+//! Integration tests that boot real Linux guests. They need a /dev/kvm that runs Linux (hardware
+//! KVM, or the test host), so a plain `cargo test` skips them; `resources/run-tests.sh` runs them
+//! with `--ignored` in the right place and passes the guest artifacts in KVMRUN_TEST_* variables.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::run_kvmrun;
+
+const BOOT_LIMIT: Duration = Duration::from_secs(120);
+
+fn artifact(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run the guest tests through resources/run-tests.sh"))
+}
+
+struct Guest {
+    status: Option<i32>,
+    stdout: String,
+    stderr: String,
+    elapsed: Duration,
+}
+
+/// Boots `kernel` + `initrd` running `command` as the init's command; returns what happened.
+fn boot(kernel: &str, initrd: &str, extra: &[&str], command: &str) -> Guest {
+    let append = format!("-- {command}");
+    let mut args = vec!["run", "--kernel", kernel, "--initrd", initrd, "--append", &append];
+    args.extend_from_slice(extra);
+    let t = Instant::now();
+    let out = run_kvmrun(&args, BOOT_LIMIT);
+    let g = Guest {
+        status: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).replace('\r', ""),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        elapsed: t.elapsed(),
+    };
+    eprintln!("guest ({:?}, status {:?}):\n{}\n{}", g.elapsed, g.status, g.stdout, g.stderr);
+    g
+}
+
+fn default_guest(extra: &[&str], command: &str) -> Guest {
+    boot(&artifact("KVMRUN_TEST_BZIMAGE"), &artifact("KVMRUN_TEST_INITRD"), extra, command)
+}
+
+/// The value printed after `key=` on a line of the guest's output.
+fn value<'a>(out: &'a str, key: &str) -> &'a str {
+    out.lines()
+        .find_map(|l| l.trim().strip_prefix(key))
+        .unwrap_or_else(|| panic!("no '{key}' line in guest output:\n{out}"))
+        .trim()
+}
+
+const REPORT: &str = "sh -c 'echo cpus=$(grep -c ^processor /proc/cpuinfo); \
+    echo online=$(cat /sys/devices/system/cpu/online); \
+    echo memkb=$(sed -n \"s/^MemTotal: *\\([0-9]*\\) kB/\\1/p\" /proc/meminfo); \
+    echo serialirqs=$(sed -n \"s/^ *4: *\\([0-9 ]*\\).*/\\1/p\" /proc/interrupts | tr -s \" \" +)0'";
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn one_vcpu_guest_sees_one_cpu_and_its_memory() {
+    let g = default_guest(&["--memory", "256M"], REPORT);
+    assert_eq!(g.status, Some(0));
+    assert_eq!(value(&g.stdout, "cpus="), "1");
+    let memkb: u64 = value(&g.stdout, "memkb=").parse().unwrap();
+    // The kernel keeps some for itself; what it reports must still be most of 256 MiB and no more.
+    assert!(memkb > 200 * 1024 && memkb <= 256 * 1024, "MemTotal {memkb} kB");
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn serial_console_is_interrupt_driven() {
+    let g = default_guest(&[], REPORT);
+    assert_eq!(g.status, Some(0));
+    // IRQ 4's count(s) summed by the shell: the 8250 driver got interrupts, so it is not polling.
+    let expr = value(&g.stdout, "serialirqs=");
+    let total: u64 = expr.split('+').filter_map(|n| n.trim().parse::<u64>().ok()).sum();
+    assert!(total > 0, "no serial interrupts: {expr}");
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn two_vcpu_guest_has_two_cpus_online_and_both_run_work() {
+    let g = default_guest(
+        &["--cpus", "2"],
+        "sh -c 'echo cpus=$(grep -c ^processor /proc/cpuinfo); echo online=$(cat /sys/devices/system/cpu/online); \
+         for c in 0 1; do taskset -c $c sh -c \"i=0; while [ \\$i -lt 3000 ]; do i=\\$((i+1)); done; echo ran-on-cpu$c\" & done; wait'",
+    );
+    assert_eq!(g.status, Some(0));
+    assert_eq!(value(&g.stdout, "cpus="), "2");
+    assert_eq!(value(&g.stdout, "online="), "0-1");
+    assert!(g.stdout.contains("ran-on-cpu0") && g.stdout.contains("ran-on-cpu1"), "{}", g.stdout);
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn memory_above_the_hole_is_used() {
+    let g = default_guest(&["--memory", "3584M"], REPORT);
+    assert_eq!(g.status, Some(0));
+    let memkb: u64 = value(&g.stdout, "memkb=").parse().unwrap();
+    // 3.5 GiB only fits with 512 MiB mapped above 4 GiB, past the 3-4 GiB MMIO hole.
+    assert!(memkb > 3 * 1024 * 1024, "MemTotal {memkb} kB");
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn elf_vmlinux_boots_too() {
+    let g = boot(&artifact("KVMRUN_TEST_VMLINUX"), &artifact("KVMRUN_TEST_INITRD"), &[], "echo vmlinux-ok");
+    assert_eq!(g.status, Some(0));
+    assert!(g.stdout.contains("vmlinux-ok"));
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn command_exit_status_passes_through() {
+    let g = default_guest(&[], "sh -c 'exit 3'");
+    assert_eq!(g.status, Some(3));
+    let g = default_guest(&[], "false");
+    assert_eq!(g.status, Some(1));
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn guest_reboot_ends_the_run_with_status_zero() {
+    let g = default_guest(&["--boot-report", "json"], "reboot -f");
+    assert_eq!(g.status, Some(0), "{}", g.stderr);
+    assert!(g.stderr.contains("\"exit_reason\":\"reset\""), "{}", g.stderr);
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn guest_poweroff_ends_the_run_with_status_zero() {
+    let g = default_guest(&["--boot-report", "json"], "poweroff -f");
+    assert_eq!(g.status, Some(0), "{}", g.stderr);
+    assert!(g.stderr.contains("\"exit_reason\":\"poweroff\""), "{}", g.stderr);
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn boot_report_has_every_milestone() {
+    let g = default_guest(&["--boot-report", "json"], "true");
+    assert_eq!(g.status, Some(0));
+    let line = g.stderr.lines().rev().find(|l| l.starts_with('{')).expect("JSON report");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let ms = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {line}"));
+    assert!(ms("kernel_entry_ms") <= ms("first_console_byte_ms"));
+    assert!(ms("first_console_byte_ms") <= ms("boot_complete_ms"));
+    assert!(ms("boot_complete_ms") <= ms("exit_ms"));
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn debian_stock_kernel_boots_with_its_modules() {
+    let g = boot(
+        &artifact("KVMRUN_TEST_DISTRO_KERNEL"),
+        &artifact("KVMRUN_TEST_DISTRO_INITRD"),
+        &["--memory", "512M", "--cpus", "2"],
+        "sh -c 'echo cpus=$(grep -c ^processor /proc/cpuinfo); uname -r'",
+    );
+    assert_eq!(g.status, Some(0));
+    assert_eq!(value(&g.stdout, "cpus="), "2");
+}
