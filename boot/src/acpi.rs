@@ -329,7 +329,7 @@ fn dsdt_aml(routes: &[PciIrqRoute]) -> Vec<u8> {
     let mut a = Vec::new();
     // \_S5 (§7.4.2.5): SLP_TYP for PM1a and PM1b (only the first is used with the sleep control
     // register, §4.8.3.7), then two reserved values.
-    let s5 = u64::from(layout::ACPI_S5_SLP_TYP);
+    let s5 = layout::ACPI_S5_SLP_TYP;
     a.extend(aml::name(
         "_S5_",
         &aml::package(&[aml::int(s5), aml::int(s5), aml::int(0), aml::int(0)]),
