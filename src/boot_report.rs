@@ -13,6 +13,7 @@ pub struct BootTimeline {
     first_console_byte: OnceLock<Instant>,
     boot_complete: OnceLock<Instant>,
     exit: Mutex<Option<Instant>>,
+    memory: Mutex<MemoryUse>,
 }
 
 /// Milliseconds from process start; `None` for a milestone never reached.
@@ -24,6 +25,19 @@ pub struct BootReport {
     pub exit_ms: Option<f64>,
     pub exit_status: i32,
     pub exit_reason: String,
+    /// Peak RSS of the kvmrun process.
+    pub peak_rss_kib: u64,
+    /// Guest RAM the guest had touched at exit (resident host pages).
+    pub guest_resident_kib: u64,
+    /// What kvmrun itself costs: peak RSS minus the guest's resident RAM.
+    pub vmm_overhead_kib: u64,
+}
+
+/// Memory figures taken at exit.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemoryUse {
+    pub peak_rss: u64,
+    pub guest_resident: u64,
 }
 
 impl BootTimeline {
@@ -34,6 +48,7 @@ impl BootTimeline {
             first_console_byte: OnceLock::new(),
             boot_complete: OnceLock::new(),
             exit: Mutex::new(None),
+            memory: Mutex::new(MemoryUse::default()),
         }
     }
 
@@ -54,9 +69,14 @@ impl BootTimeline {
         exit.get_or_insert_with(Instant::now);
     }
 
+    pub fn memory_use(&self, m: MemoryUse) {
+        *self.memory.lock().unwrap_or_else(|e| e.into_inner()) = m;
+    }
+
     pub fn report(&self, exit_status: i32, exit_reason: &str) -> BootReport {
         let ms = |t: Option<&Instant>| t.map(|t| t.duration_since(self.start).as_secs_f64() * 1e3);
         let exit = *self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        let m = *self.memory.lock().unwrap_or_else(|e| e.into_inner());
         BootReport {
             kernel_entry_ms: ms(self.kernel_entry.get()),
             first_console_byte_ms: ms(self.first_console_byte.get()),
@@ -64,6 +84,9 @@ impl BootTimeline {
             exit_ms: ms(exit.as_ref()),
             exit_status,
             exit_reason: exit_reason.to_string(),
+            peak_rss_kib: m.peak_rss >> 10,
+            guest_resident_kib: m.guest_resident >> 10,
+            vmm_overhead_kib: m.peak_rss.saturating_sub(m.guest_resident) >> 10,
         }
     }
 }

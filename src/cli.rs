@@ -11,7 +11,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1";
 
 #[derive(Debug, Parser)]
-#[command(name = "kvmrun", version, about = "A KVM-based virtual machine monitor")]
+#[command(
+    name = "kvmrun",
+    version,
+    about = "A KVM-based virtual machine monitor"
+)]
 pub struct Cli {
     /// Log level: error, warn, info, debug or trace (RUST_LOG overrides it).
     #[arg(long, global = true, default_value = "warn", value_name = "LEVEL")]
@@ -109,7 +113,9 @@ impl FromStr for MemSize {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("'{s}' is not a memory size: use a number with K, M, G or T, e.g. 512M or 2G");
+        let bad = || {
+            format!("'{s}' is not a memory size: use a number with K, M, G or T, e.g. 512M or 2G")
+        };
         let t = s.trim();
         let digits_end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(digits_end);
@@ -150,7 +156,16 @@ mod tests {
 
     #[test]
     fn malformed_memory_sizes_are_rejected() {
-        for bad in ["", "M", "12X", "-1G", "0", "1.5G", "99999999999999999999G", "18446744073709551615T"] {
+        for bad in [
+            "",
+            "M",
+            "12X",
+            "-1G",
+            "0",
+            "1.5G",
+            "99999999999999999999G",
+            "18446744073709551615T",
+        ] {
             assert!(bad.parse::<MemSize>().is_err(), "{bad} parsed");
         }
     }
@@ -159,7 +174,10 @@ mod tests {
     fn console_modes_parse() {
         assert_eq!("stdio".parse(), Ok(ConsoleMode::Stdio));
         assert_eq!("none".parse(), Ok(ConsoleMode::None));
-        assert_eq!("file=/tmp/x".parse(), Ok(ConsoleMode::File("/tmp/x".into())));
+        assert_eq!(
+            "file=/tmp/x".parse(),
+            Ok(ConsoleMode::File("/tmp/x".into()))
+        );
         assert!("file=".parse::<ConsoleMode>().is_err());
         assert!("tty".parse::<ConsoleMode>().is_err());
     }

@@ -160,8 +160,10 @@ impl MutEventSubscriber for ConsoleInput {
     }
 
     fn init(&mut self, ops: &mut EventOps) {
+        // A regular file or /dev/null cannot be watched with epoll (EPERM); it also has
+        // nothing to type, so the guest simply gets no console input.
         if let Err(e) = ops.add(Events::new(&io::stdin(), EventSet::IN)) {
-            log::warn!("console input disabled: cannot watch stdin: {e}");
+            log::debug!("console input disabled: cannot watch stdin: {e}");
         }
     }
 }

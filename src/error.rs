@@ -7,7 +7,9 @@ use std::path::PathBuf;
 pub enum Error {
     #[error("cannot open /dev/kvm: {0} (is KVM enabled in the host kernel, and may this user open /dev/kvm, e.g. as a member of group kvm?)")]
     OpenKvm(#[source] kvm_ioctls::Error),
-    #[error("/dev/kvm lacks {0}, which kvmrun needs (host kernel too old or KVM built without it)")]
+    #[error(
+        "/dev/kvm lacks {0}, which kvmrun needs (host kernel too old or KVM built without it)"
+    )]
     KvmCapability(&'static str),
     #[error("/dev/kvm here is PVM (kvm_pvm loaded or no vmx/svm CPU flag): it emulates guest kernel code and cannot boot a Linux kernel; boot inside the test host instead with `kvmrun run --testhost ...` (or pass --allow-pvm for a tiny payload)")]
     PvmHost,

@@ -72,7 +72,10 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, Error> {
     let timeline = Arc::new(BootTimeline::new(start));
     let outcome = vm::run(&cfg, timeline.clone())?;
     if outcome.reason == "vcpu-error" {
-        eprintln!("kvmrun: the guest stopped on a vCPU error (see the log above); exit status {}", outcome.status);
+        eprintln!(
+            "kvmrun: the guest stopped on a vCPU error (see the log above); exit status {}",
+            outcome.status
+        );
     }
     if args.boot_report == Some(BootReportFormat::Json) {
         let report = timeline.report(outcome.status, &outcome.reason);

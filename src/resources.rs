@@ -36,7 +36,11 @@ pub fn build(script: &str, args: &[&str]) -> Result<Vec<PathBuf>, String> {
         return Err(format!("{} failed ({})", path.display(), out.status));
     }
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let last = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let last = stdout
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
     let paths: Vec<PathBuf> = last.split_whitespace().map(PathBuf::from).collect();
     if paths.is_empty() || paths.iter().any(|p| !p.exists()) {
         return Err(format!(

@@ -14,7 +14,9 @@ pub fn run_inside(args: Vec<OsString>) -> Result<i32, Error> {
         return Err(Error::TestHost(format!("{} not found", script.display())));
     }
     let exe = std::env::current_exe().map_err(|e| Error::TestHost(format!("own path: {e}")))?;
-    eprintln!("kvmrun: booting inside the test host (QEMU TCG with nested SVM; about 5 s to start)");
+    eprintln!(
+        "kvmrun: booting inside the test host (QEMU TCG with nested SVM; about 5 s to start)"
+    );
     let status = Command::new("bash")
         .arg(&script)
         .arg("--")
@@ -33,13 +35,16 @@ pub fn forwarded_args(
     kernel: &Path,
     initrd: Option<&Path>,
 ) -> Vec<OsString> {
-    let mut out: Vec<OsString> = original
-        .skip(1)
-        .filter(|a| a != "--testhost")
-        .collect();
-    if !out.iter().any(|a| a == "--kernel" || a.to_string_lossy().starts_with("--kernel=")) {
+    let mut out: Vec<OsString> = original.skip(1).filter(|a| a != "--testhost").collect();
+    if !out
+        .iter()
+        .any(|a| a == "--kernel" || a.to_string_lossy().starts_with("--kernel="))
+    {
         // Insert right after the `run` subcommand so it precedes any trailing arguments.
-        let at = out.iter().position(|a| a == "run").map_or(out.len(), |i| i + 1);
+        let at = out
+            .iter()
+            .position(|a| a == "run")
+            .map_or(out.len(), |i| i + 1);
         let mut extra = vec![OsString::from("--kernel"), kernel.as_os_str().to_owned()];
         if let Some(i) = initrd {
             extra.push("--initrd".into());
@@ -60,11 +65,29 @@ mod tests {
 
     #[test]
     fn testhost_flag_is_dropped_and_default_guest_spelled_out() {
-        let args = os(&["kvmrun", "--log-level", "info", "run", "--testhost", "--cpus", "2"]);
+        let args = os(&[
+            "kvmrun",
+            "--log-level",
+            "info",
+            "run",
+            "--testhost",
+            "--cpus",
+            "2",
+        ]);
         let out = forwarded_args(args.into_iter(), Path::new("/k"), Some(Path::new("/i")));
         assert_eq!(
             out,
-            os(&["--log-level", "info", "run", "--kernel", "/k", "--initrd", "/i", "--cpus", "2"])
+            os(&[
+                "--log-level",
+                "info",
+                "run",
+                "--kernel",
+                "/k",
+                "--initrd",
+                "/i",
+                "--cpus",
+                "2"
+            ])
         );
     }
 

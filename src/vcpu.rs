@@ -7,8 +7,8 @@ use std::thread::JoinHandle;
 use devices::bus::Bus;
 use devices::vm_exit::{ExitReason, ExitSignal};
 use kvm_bindings::{
-    CpuId, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_CRASH,
-    KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+    CpuId, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET,
+    KVM_SYSTEM_EVENT_SHUTDOWN,
 };
 use kvm_ioctls::{Kvm, VcpuExit, VcpuFd, VmFd};
 use vm_memory::GuestAddress;
@@ -180,7 +180,9 @@ fn handle_exit(index: u8, exit: VcpuExit, ctx: &VcpuContext) -> Option<ExitReaso
             Some(ExitReason::Fatal)
         }
         VcpuExit::InternalError => {
-            log::error!("vCPU {index}: KVM internal error (emulation failure or unhandled guest state)");
+            log::error!(
+                "vCPU {index}: KVM internal error (emulation failure or unhandled guest state)"
+            );
             Some(ExitReason::Fatal)
         }
         VcpuExit::SystemEvent(kind, _) => match kind {

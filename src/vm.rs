@@ -84,7 +84,8 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
         .map_err(Error::kvm("KVM_SET_TSS_ADDR"))?;
     vm.set_identity_map_address(boot::layout::KVM_IDENTITY_MAP_ADDR)
         .map_err(Error::kvm("KVM_SET_IDENTITY_MAP_ADDR"))?;
-    vm.create_irq_chip().map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
+    vm.create_irq_chip()
+        .map_err(Error::kvm("KVM_CREATE_IRQCHIP"))?;
     let pit = kvm_pit_config {
         // Port 0x61's speaker gate is not emulated; KVM answers it with a dummy.
         flags: KVM_PIT_SPEAKER_DUMMY,
@@ -96,7 +97,8 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
     register_with_kvm(&vm, &mem)?;
     let boot_entry = load_guest(cfg, &mem)?;
 
-    let exit = Arc::new(ExitSignal::new().map_err(|e| Error::Device(format!("exit eventfd: {e}")))?);
+    let exit =
+        Arc::new(ExitSignal::new().map_err(|e| Error::Device(format!("exit eventfd: {e}")))?);
     let machine = build_devices(cfg, &vm, &exit, &timeline)?;
 
     let counters = Arc::new(ExitCounters::default());
@@ -106,12 +108,18 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
         vcpus.push(vcpu::create_vcpu(&kvm, &vm, index, cfg.cpus, entry)?);
     }
 
-    let wake = exit.eventfd().try_clone().map_err(|e| Error::Device(format!("exit eventfd: {e}")))?;
-    crate::termination::install(wake.as_raw_fd()).map_err(|e| Error::Device(format!("signal handlers: {e}")))?;
+    let wake = exit
+        .eventfd()
+        .try_clone()
+        .map_err(|e| Error::Device(format!("exit eventfd: {e}")))?;
+    crate::termination::install(wake.as_raw_fd())
+        .map_err(|e| Error::Device(format!("signal handlers: {e}")))?;
     vcpu::install_kick_handler()?;
 
     let _raw_mode = match cfg.console {
-        ConsoleMode::Stdio => RawModeGuard::new(std::io::stdin().as_raw_fd()).map_err(Error::Console)?,
+        ConsoleMode::Stdio => {
+            RawModeGuard::new(std::io::stdin().as_raw_fd()).map_err(Error::Console)?
+        }
         _ => None,
     };
     let mut event_loop = MainLoop::new(&exit, cfg.console == ConsoleMode::Stdio, &machine.serial)?;
@@ -136,11 +144,19 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
     }
 
     let loop_result = event_loop.run_until_exit(&exit);
-    if loop_result.is_err() {
-        exit.request(ExitReason::Fatal);
-    }
+    // The loop also ends on a host signal, which devices know nothing of: make the stop
+    // official so the vCPU threads see it (the first recorded reason is kept).
+    exit.request(if loop_result.is_err() {
+        ExitReason::Fatal
+    } else {
+        ExitReason::Quit
+    });
     stop_vcpus(threads);
     timeline.exit();
+    timeline.memory_use(crate::boot_report::MemoryUse {
+        peak_rss: crate::memory::peak_rss_bytes(),
+        guest_resident: crate::memory::resident_bytes(&mem),
+    });
     machine.serial.flush_output();
     loop_result?;
     drop(wake);
@@ -200,16 +216,24 @@ fn load_guest(cfg: &VmConfig, mem: &GuestMemory) -> Result<BootEntry, Error> {
     let initrd = match &cfg.initrd {
         Some(path) => {
             let mut f = File::open(path).map_err(Error::file("initrd", path))?;
-            Some(boot::initrd::load_initrd(mem, &mut f, &kernel, cfg.mem_size)?)
+            Some(boot::initrd::load_initrd(
+                mem,
+                &mut f,
+                &kernel,
+                cfg.mem_size,
+            )?)
         }
         None => None,
     };
 
-    let mut cmdline = Cmdline::new(boot::layout::CMDLINE_MAX_SIZE)
-        .map_err(|e| Error::Cmdline(e.to_string()))?;
-    cmdline
-        .insert_str(&cfg.cmdline)
-        .map_err(|e| Error::Cmdline(format!("{e} (at most {} bytes)", boot::layout::CMDLINE_MAX_SIZE - 1)))?;
+    let mut cmdline =
+        Cmdline::new(boot::layout::CMDLINE_MAX_SIZE).map_err(|e| Error::Cmdline(e.to_string()))?;
+    cmdline.insert_str(&cfg.cmdline).map_err(|e| {
+        Error::Cmdline(format!(
+            "{e} (at most {} bytes)",
+            boot::layout::CMDLINE_MAX_SIZE - 1
+        ))
+    })?;
     boot::params::write_cmdline_and_boot_params(
         mem,
         &boot::params::BootParamsConfig {
@@ -252,12 +276,14 @@ fn build_devices(
     let dev_err = |what: &str, e: &dyn std::fmt::Display| Error::Device(format!("{what}: {e}"));
 
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err("serial irq eventfd", &e))?;
-    vm.register_irqfd(&serial_irq, boot::layout::SERIAL_IRQ)
+    vm.register_irqfd(&serial_irq, boot::layout::SERIAL_IRQ as u32)
         .map_err(|e| dev_err("serial irqfd", &e))?;
     let out: Box<dyn Write + Send> = match &cfg.console {
         ConsoleMode::Stdio => Box::new(std::io::stdout()),
         ConsoleMode::None => Box::new(std::io::sink()),
-        ConsoleMode::File(path) => Box::new(File::create(path).map_err(Error::file("console file", path))?),
+        ConsoleMode::File(path) => {
+            Box::new(File::create(path).map_err(Error::file("console file", path))?)
+        }
     };
     let serial = Arc::new(Serial::new(serial_irq, out));
     let t = timeline.clone();
@@ -313,7 +339,11 @@ impl MutEventSubscriber for ExitWatcher {
 }
 
 impl MainLoop {
-    fn new(exit: &Arc<ExitSignal>, console_input: bool, serial: &Arc<Serial>) -> Result<Self, Error> {
+    fn new(
+        exit: &Arc<ExitSignal>,
+        console_input: bool,
+        serial: &Arc<Serial>,
+    ) -> Result<Self, Error> {
         let mut manager = EventManager::<Arc<Mutex<dyn MutEventSubscriber + Send>>>::new()
             .map_err(|e| Error::EventLoop(e.to_string()))?;
         let fd = exit

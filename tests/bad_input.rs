@@ -28,7 +28,10 @@ fn payload(dir: &std::path::Path) -> String {
 fn missing_kernel_names_the_file() {
     let (code, err) = fails(&["run", "--allow-pvm", "--kernel", "/nonexistent/bzImage"]);
     assert_eq!(code, 1);
-    assert!(err.contains("kernel /nonexistent/bzImage") && err.contains("No such file"), "{err}");
+    assert!(
+        err.contains("kernel /nonexistent/bzImage") && err.contains("No such file"),
+        "{err}"
+    );
     assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
 }
 
@@ -49,10 +52,25 @@ fn initrd_that_does_not_fit_is_rejected() {
     let k = payload(&dir);
     let initrd = dir.join("initrd");
     // Sparse: 100 MiB of apparent size, nothing written.
-    std::fs::File::create(&initrd).unwrap().set_len(100 << 20).unwrap();
-    let (code, err) = fails(&["run", "--allow-pvm", "--kernel", &k, "--initrd", initrd.to_str().unwrap(), "--memory", "64M"]);
+    std::fs::File::create(&initrd)
+        .unwrap()
+        .set_len(100 << 20)
+        .unwrap();
+    let (code, err) = fails(&[
+        "run",
+        "--allow-pvm",
+        "--kernel",
+        &k,
+        "--initrd",
+        initrd.to_str().unwrap(),
+        "--memory",
+        "64M",
+    ]);
     assert_eq!(code, 1);
-    assert!(err.contains("initrd") && err.contains("does not fit"), "{err}");
+    assert!(
+        err.contains("initrd") && err.contains("does not fit"),
+        "{err}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -60,7 +78,14 @@ fn initrd_that_does_not_fit_is_rejected() {
 fn missing_initrd_names_the_file() {
     let dir = scratch_dir("no-initrd");
     let k = payload(&dir);
-    let (_, err) = fails(&["run", "--allow-pvm", "--kernel", &k, "--initrd", "/nonexistent/initrd"]);
+    let (_, err) = fails(&[
+        "run",
+        "--allow-pvm",
+        "--kernel",
+        &k,
+        "--initrd",
+        "/nonexistent/initrd",
+    ]);
     assert!(err.contains("initrd /nonexistent/initrd"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -117,10 +142,21 @@ fn unusable_dev_kvm_is_one_clear_line() {
     let k = payload(&dir);
     // A private mount namespace where /dev/kvm is /dev/null: open works, KVM ioctls do not;
     // and one where it is gone altogether.
-    for setup in ["mount --bind /dev/null /dev/kvm", "mount -t tmpfs none /dev"] {
+    for setup in [
+        "mount --bind /dev/null /dev/kvm",
+        "mount -t tmpfs none /dev",
+    ] {
         let script = format!("{setup} && exec \"$0\" run --allow-pvm --kernel {k}");
         let out = std::process::Command::new("unshare")
-            .args(["--mount", "--propagation", "private", "sh", "-c", &script, env!("CARGO_BIN_EXE_kvmrun")])
+            .args([
+                "--mount",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                &script,
+                env!("CARGO_BIN_EXE_kvmrun"),
+            ])
             .output()
             .expect("unshare (util-linux) runs");
         let err = String::from_utf8_lossy(&out.stderr);

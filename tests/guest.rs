@@ -11,7 +11,9 @@ use common::run_kvmrun;
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
 
 fn artifact(var: &str) -> String {
-    std::env::var(var).unwrap_or_else(|_| panic!("{var} is not set: run the guest tests through resources/run-tests.sh"))
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the guest tests through resources/run-tests.sh")
+    })
 }
 
 struct Guest {
@@ -24,7 +26,9 @@ struct Guest {
 /// Boots `kernel` + `initrd` running `command` as the init's command; returns what happened.
 fn boot(kernel: &str, initrd: &str, extra: &[&str], command: &str) -> Guest {
     let append = format!("-- {command}");
-    let mut args = vec!["run", "--kernel", kernel, "--initrd", initrd, "--append", &append];
+    let mut args = vec![
+        "run", "--kernel", kernel, "--initrd", initrd, "--append", &append,
+    ];
     args.extend_from_slice(extra);
     let t = Instant::now();
     let out = run_kvmrun(&args, BOOT_LIMIT);
@@ -34,12 +38,20 @@ fn boot(kernel: &str, initrd: &str, extra: &[&str], command: &str) -> Guest {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         elapsed: t.elapsed(),
     };
-    eprintln!("guest ({:?}, status {:?}):\n{}\n{}", g.elapsed, g.status, g.stdout, g.stderr);
+    eprintln!(
+        "guest ({:?}, status {:?}):\n{}\n{}",
+        g.elapsed, g.status, g.stdout, g.stderr
+    );
     g
 }
 
 fn default_guest(extra: &[&str], command: &str) -> Guest {
-    boot(&artifact("KVMRUN_TEST_BZIMAGE"), &artifact("KVMRUN_TEST_INITRD"), extra, command)
+    boot(
+        &artifact("KVMRUN_TEST_BZIMAGE"),
+        &artifact("KVMRUN_TEST_INITRD"),
+        extra,
+        command,
+    )
 }
 
 /// The value printed after `key=` on a line of the guest's output.
@@ -63,7 +75,10 @@ fn one_vcpu_guest_sees_one_cpu_and_its_memory() {
     assert_eq!(value(&g.stdout, "cpus="), "1");
     let memkb: u64 = value(&g.stdout, "memkb=").parse().unwrap();
     // The kernel keeps some for itself; what it reports must still be most of 256 MiB and no more.
-    assert!(memkb > 200 * 1024 && memkb <= 256 * 1024, "MemTotal {memkb} kB");
+    assert!(
+        memkb > 200 * 1024 && memkb <= 256 * 1024,
+        "MemTotal {memkb} kB"
+    );
 }
 
 #[test]
@@ -73,7 +88,10 @@ fn serial_console_is_interrupt_driven() {
     assert_eq!(g.status, Some(0));
     // IRQ 4's count(s) summed by the shell: the 8250 driver got interrupts, so it is not polling.
     let expr = value(&g.stdout, "serialirqs=");
-    let total: u64 = expr.split('+').filter_map(|n| n.trim().parse::<u64>().ok()).sum();
+    let total: u64 = expr
+        .split('+')
+        .filter_map(|n| n.trim().parse::<u64>().ok())
+        .sum();
     assert!(total > 0, "no serial interrupts: {expr}");
 }
 
@@ -88,7 +106,11 @@ fn two_vcpu_guest_has_two_cpus_online_and_both_run_work() {
     assert_eq!(g.status, Some(0));
     assert_eq!(value(&g.stdout, "cpus="), "2");
     assert_eq!(value(&g.stdout, "online="), "0-1");
-    assert!(g.stdout.contains("ran-on-cpu0") && g.stdout.contains("ran-on-cpu1"), "{}", g.stdout);
+    assert!(
+        g.stdout.contains("ran-on-cpu0") && g.stdout.contains("ran-on-cpu1"),
+        "{}",
+        g.stdout
+    );
 }
 
 #[test]
@@ -104,7 +126,12 @@ fn memory_above_the_hole_is_used() {
 #[test]
 #[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
 fn elf_vmlinux_boots_too() {
-    let g = boot(&artifact("KVMRUN_TEST_VMLINUX"), &artifact("KVMRUN_TEST_INITRD"), &[], "echo vmlinux-ok");
+    let g = boot(
+        &artifact("KVMRUN_TEST_VMLINUX"),
+        &artifact("KVMRUN_TEST_INITRD"),
+        &[],
+        "echo vmlinux-ok",
+    );
     assert_eq!(g.status, Some(0));
     assert!(g.stdout.contains("vmlinux-ok"));
 }
@@ -123,7 +150,11 @@ fn command_exit_status_passes_through() {
 fn guest_reboot_ends_the_run_with_status_zero() {
     let g = default_guest(&["--boot-report", "json"], "reboot -f");
     assert_eq!(g.status, Some(0), "{}", g.stderr);
-    assert!(g.stderr.contains("\"exit_reason\":\"reset\""), "{}", g.stderr);
+    assert!(
+        g.stderr.contains("\"exit_reason\":\"reset\""),
+        "{}",
+        g.stderr
+    );
 }
 
 #[test]
@@ -131,7 +162,11 @@ fn guest_reboot_ends_the_run_with_status_zero() {
 fn guest_poweroff_ends_the_run_with_status_zero() {
     let g = default_guest(&["--boot-report", "json"], "poweroff -f");
     assert_eq!(g.status, Some(0), "{}", g.stderr);
-    assert!(g.stderr.contains("\"exit_reason\":\"poweroff\""), "{}", g.stderr);
+    assert!(
+        g.stderr.contains("\"exit_reason\":\"poweroff\""),
+        "{}",
+        g.stderr
+    );
 }
 
 #[test]
@@ -139,9 +174,17 @@ fn guest_poweroff_ends_the_run_with_status_zero() {
 fn boot_report_has_every_milestone() {
     let g = default_guest(&["--boot-report", "json"], "true");
     assert_eq!(g.status, Some(0));
-    let line = g.stderr.lines().rev().find(|l| l.starts_with('{')).expect("JSON report");
+    let line = g
+        .stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("JSON report");
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
-    let ms = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} missing: {line}"));
+    let ms = |k: &str| {
+        v[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing: {line}"))
+    };
     assert!(ms("kernel_entry_ms") <= ms("first_console_byte_ms"));
     assert!(ms("first_console_byte_ms") <= ms("boot_complete_ms"));
     assert!(ms("boot_complete_ms") <= ms("exit_ms"));

@@ -25,8 +25,14 @@ fn run_payload(name: &str, end: PayloadEnd, extra: &[&str]) -> (std::process::Ou
 #[test]
 fn debug_exit_port_sets_the_exit_status() {
     for status in [0u8, 1, 42, 255] {
-        let (out, stdout) = run_payload(&format!("exit{status}"), PayloadEnd::DebugExit(status), &[]);
-        assert_eq!(out.status.code(), Some(i32::from(status)), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+        let (out, stdout) =
+            run_payload(&format!("exit{status}"), PayloadEnd::DebugExit(status), &[]);
+        assert_eq!(
+            out.status.code(),
+            Some(i32::from(status)),
+            "stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert!(stdout.contains("hello from payload"), "stdout: {stdout}");
     }
 }
@@ -35,15 +41,29 @@ fn debug_exit_port_sets_the_exit_status() {
 fn i8042_reset_exits_with_status_zero_quickly() {
     let t = Instant::now();
     let (out, stdout) = run_payload("reset", PayloadEnd::I8042Reset, &[]);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("hello from payload"));
-    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t.elapsed()
+    );
 }
 
 #[test]
 fn acpi_s5_powers_off_with_status_zero() {
     let (out, stdout) = run_payload("poweroff", PayloadEnd::AcpiPowerOff, &[]);
-    assert_eq!(out.status.code(), Some(0), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("hello from payload"));
 }
 
@@ -59,7 +79,12 @@ fn triple_fault_is_a_clear_nonzero_exit() {
 #[test]
 fn several_vcpus_start_and_all_threads_are_joined() {
     let (out, stdout) = run_payload("smp", PayloadEnd::DebugExit(7), &["--cpus", "4"]);
-    assert_eq!(out.status.code(), Some(7), "stderr: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("hello from payload"));
 }
 
@@ -68,7 +93,11 @@ fn console_file_receives_the_output() {
     let dir = scratch_dir("console-file");
     let log = dir.join("console.log");
     let spec = format!("file={}", log.display());
-    let (out, stdout) = run_payload("console-file-run", PayloadEnd::DebugExit(0), &["--console", &spec]);
+    let (out, stdout) = run_payload(
+        "console-file-run",
+        PayloadEnd::DebugExit(0),
+        &["--console", &spec],
+    );
     assert_eq!(out.status.code(), Some(0));
     assert!(!stdout.contains("hello from payload"));
     let written = std::fs::read_to_string(&log).unwrap();
@@ -78,19 +107,33 @@ fn console_file_receives_the_output() {
 
 #[test]
 fn boot_report_json_has_ordered_milestones() {
-    let (out, _) = run_payload("report", PayloadEnd::DebugExit(0), &["--boot-report", "json"]);
+    let (out, _) = run_payload(
+        "report",
+        PayloadEnd::DebugExit(0),
+        &["--boot-report", "json"],
+    );
     assert_eq!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr.lines().rev().find(|l| l.starts_with('{')).expect("a JSON line");
+    let line = stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("a JSON line");
     let v: serde_json::Value = serde_json::from_str(line).expect("valid JSON");
-    let ms = |k: &str| v[k].as_f64().unwrap_or_else(|| panic!("{k} missing in {line}"));
+    let ms = |k: &str| {
+        v[k].as_f64()
+            .unwrap_or_else(|| panic!("{k} missing in {line}"))
+    };
     let (entry, first, done, exit) = (
         ms("kernel_entry_ms"),
         ms("first_console_byte_ms"),
         ms("boot_complete_ms"),
         ms("exit_ms"),
     );
-    assert!(0.0 < entry && entry <= first && first <= done && done <= exit, "{line}");
+    assert!(
+        0.0 < entry && entry <= first && first <= done && done <= exit,
+        "{line}"
+    );
     assert_eq!(v["exit_status"], 0);
     assert_eq!(v["exit_reason"], "debug-exit 0");
 }
@@ -100,7 +143,14 @@ fn sigterm_stops_a_hung_guest_and_joins_its_vcpus() {
     let dir = scratch_dir("hang");
     let kernel = write_payload(&dir, "hang.elf", b"hanging\n", false, PayloadEnd::Hang);
     let child = common::kvmrun()
-        .args(["run", "--allow-pvm", "--cpus", "2", "--kernel", kernel.to_str().unwrap()])
+        .args([
+            "run",
+            "--allow-pvm",
+            "--cpus",
+            "2",
+            "--kernel",
+            kernel.to_str().unwrap(),
+        ])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -111,7 +161,11 @@ fn sigterm_stops_a_hung_guest_and_joins_its_vcpus() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
     let out = common::wait_with_limit(child, Duration::from_secs(5));
-    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        t.elapsed()
+    );
     assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
     assert!(String::from_utf8_lossy(&out.stdout).contains("hanging"));
     let _ = std::fs::remove_dir_all(&dir);

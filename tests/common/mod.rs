@@ -87,10 +87,16 @@ pub fn payload_code(message: &[u8], boot_complete: bool, end: PayloadEnd) -> Vec
         code.extend_from_slice(&[0x66, 0xBA, 0x02, 0x05, 0xB0, 0x01, 0xEE]); // out 0x502, 1
     }
     match end {
-        PayloadEnd::DebugExit(s) => code.extend_from_slice(&[0x66, 0xBA, 0x01, 0x05, 0xB0, s, 0xEE]),
-        PayloadEnd::I8042Reset => code.extend_from_slice(&[0x66, 0xBA, 0x64, 0x00, 0xB0, 0xFE, 0xEE]),
+        PayloadEnd::DebugExit(s) => {
+            code.extend_from_slice(&[0x66, 0xBA, 0x01, 0x05, 0xB0, s, 0xEE])
+        }
+        PayloadEnd::I8042Reset => {
+            code.extend_from_slice(&[0x66, 0xBA, 0x64, 0x00, 0xB0, 0xFE, 0xEE])
+        }
         // SLP_EN (bit 5) | SLP_TYP 5 (bits 4:2) = 0x34.
-        PayloadEnd::AcpiPowerOff => code.extend_from_slice(&[0x66, 0xBA, 0x00, 0x06, 0xB0, 0x34, 0xEE]),
+        PayloadEnd::AcpiPowerOff => {
+            code.extend_from_slice(&[0x66, 0xBA, 0x00, 0x06, 0xB0, 0x34, 0xEE])
+        }
         PayloadEnd::TripleFault => code.extend_from_slice(&[0x0F, 0x0B]),
         PayloadEnd::Hang => {}
     }
@@ -141,8 +147,15 @@ pub fn elf64(code: &[u8]) -> Vec<u8> {
 }
 
 /// Writes a payload ELF into `dir` and returns its path.
-pub fn write_payload(dir: &Path, name: &str, message: &[u8], boot_complete: bool, end: PayloadEnd) -> PathBuf {
+pub fn write_payload(
+    dir: &Path,
+    name: &str,
+    message: &[u8],
+    boot_complete: bool,
+    end: PayloadEnd,
+) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, elf64(&payload_code(message, boot_complete, end))).expect("write payload");
+    std::fs::write(&path, elf64(&payload_code(message, boot_complete, end)))
+        .expect("write payload");
     path
 }
