@@ -110,8 +110,15 @@ pub fn build_boot_params(cfg: &BootParamsConfig) -> Result<boot_params> {
     // LOADED_HIGH: the protected-mode code is at 0x100000. CAN_USE_HEAP: heap_end_ptr is valid.
     hdr.loadflags |= LOADED_HIGH | CAN_USE_HEAP;
     hdr.heap_end_ptr = HEAP_END_PTR;
+    // boot.rst: vid_mode is "modify (obligatory)"; 0xFFFF = "normal" (only the 16-bit setup
+    // code, skipped by the 64-bit entry, reads it).
+    hdr.vid_mode = 0xffff;
     hdr.cmd_line_ptr = CMDLINE_START as u32;
-    hdr.cmdline_size = cmdline_len as u32;
+    // cmdline_size is a read-only field of the kernel's header (the maximum length); only the
+    // header synthesised for an ELF kernel gets the actual length.
+    if cfg.kernel.setup_header.is_none() {
+        hdr.cmdline_size = cmdline_len as u32;
+    }
     if let Some(initrd) = cfg.initrd {
         // load_initrd keeps the initrd below the MMIO hole, so both values fit in 32 bits.
         hdr.ramdisk_image = initrd.addr.0 as u32;
@@ -299,7 +306,9 @@ mod tests {
         assert_eq!({ h.kernel_alignment }, 0x20_0000);
         assert_eq!({ h.init_size }, 0x1234000);
         assert_eq!({ h.ramdisk_image }, 0);
-        assert_eq!({ h.cmdline_size }, 5);
+        assert_eq!({ h.cmdline_size }, 2047, "the kernel's maximum is kept");
+        assert_eq!({ h.cmd_line_ptr }, CMDLINE_START as u32);
+        assert_eq!({ h.vid_mode }, 0xffff);
     }
 
     #[test]
