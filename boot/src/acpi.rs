@@ -20,7 +20,8 @@ use crate::layout::{
     ACPI_END, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_START,
     IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO32_END, PCI_MMIO32_START, SERIAL_IRQ,
 };
-use crate::{Error, PciIrqRoute, Result};
+pub use crate::PciIrqRoute;
+use crate::{Error, Result};
 
 /// PCI interrupt routing to describe in the DSDT's `_PRT`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -14,7 +14,8 @@
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::layout::{EBDA_END, IOAPIC_ADDR, LAPIC_ADDR, MPTABLE_START};
-use crate::{Error, PciIrqRoute, Result};
+pub use crate::PciIrqRoute;
+use crate::{Error, Result};
 
 /// Size of the MP floating pointer structure (section 4.1, table 4-1).
 pub const FLOATING_POINTER_SIZE: usize = 16;
