@@ -4,7 +4,8 @@
 #   make olddefconfig, a check that every line of kernel.config took effect, make bzImage.
 # Output: $KVMRUN_CACHE/kernel-<hash>/{bzImage,vmlinux,config} (vmlinux: the ELF, debug info
 # stripped); $KVMRUN_CACHE/kernel links to the newest. <hash> covers kernel.config, this script,
-# lib.sh, the linux-source and gcc versions: change any and the next run rebuilds.
+# the linux-source and gcc versions: change any and the next run rebuilds (incrementally: the
+# object directory $KVMRUN_CACHE/kernel-obj-<version> is kept).
 # Last line of stdout: "<bzImage> <vmlinux>".
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -22,7 +23,7 @@ need_file /usr/include/libelf.h libelf-dev
 need_file /usr/include/openssl/opensslv.h libssl-dev
 
 src_ver=$(pkg_version linux-source-6.1)
-key=$(input_hash "$fragment" "$here/build-kernel.sh" "$here/lib.sh" -- "$src_ver" "$(gcc -dumpfullversion)" "$(uname -m)")
+key=$(input_hash "$fragment" "$here/build-kernel.sh" -- "$src_ver" "$(gcc -dumpfullversion)" "$(uname -m)")
 
 # The extracted source tree, shared by all kernel builds of one linux-source version.
 extract_source() { # tmpdir

@@ -120,7 +120,7 @@ stage_modules() {
   declare -A seen=()
   for m in "$@"; do
     local deps
-    deps=$(modprobe -d / -S "$kver" --show-depends "$m" 2>&1) || die "modprobe --show-depends $m: $deps"
+    deps=$(modprobe -S "$kver" --show-depends "$m" 2>&1) || die "modprobe --show-depends $m: $deps"
     while IFS= read -r line; do
       case $line in
         builtin\ *) continue ;;
@@ -129,6 +129,7 @@ stage_modules() {
       esac
       line=${line#insmod }
       ko=${line%% *}
+      while [ "${ko#//}" != "$ko" ]; do ko=${ko#/}; done
       params=
       [ "$ko" = "$line" ] || params=${line#* }
       [ -n "${seen[$ko]:-}" ] && continue
