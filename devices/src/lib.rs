@@ -14,7 +14,9 @@ pub mod bus;
 pub mod debug_port;
 pub mod i8042;
 pub mod log_once;
+pub mod pci;
 pub mod serial;
+pub mod virtio;
 pub mod vm_exit;
 
 use std::sync::{Mutex, MutexGuard};
