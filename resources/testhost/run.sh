@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# run.sh [--mem MB] [--cpus N] [--timeout SECONDS] [--share DIR]... [--env NAME=VALUE]...
+#        -- COMMAND [ARGS...]
+# Runs COMMAND inside the test host: Debian's stock kernel under QEMU TCG (-cpu max: nested SVM,
+# so the test host has a real /dev/kvm), with this machine's root filesystem as its root (9p,
+# read-only, under a throw-away tmpfs overlay: everything is writable, nothing reaches the host),
+# a fresh tmpfs on /tmp, and each --share DIR mounted read-write at the same path (results
+# reach the host there). COMMAND runs as root in the caller's working directory, stdin from
+# /dev/null, with PATH, HOME, every KVMRUN_*, RUST_LOG and RUST_BACKTRACE of the caller and the
+# --env ones; nothing else of the caller's environment.
+# Its output (stdout and stderr, merged) streams live; run.sh exits with COMMAND's status.
+# Failures of the test host itself: 124 timeout (QEMU killed), 125 QEMU failed, the test host
+# panicked, or no exit status came back. KVMRUN_TESTHOST_DEBUG=1: kernel messages and a trace of
+# the test host's init.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+LOG_NAME=testhost
+# shellcheck source=../guest/lib.sh
+. "$here/../guest/lib.sh"
+
+usage() {
+  sed -n '2,3p' "$0" | sed 's/^# //' >&2
+  exit 2
+}
+
+mem=4096 cpus=2 timeout=${KVMRUN_TESTHOST_TIMEOUT:-1800}
+shares=() envs=()
+while [ $# -gt 0 ]; do
+  case $1 in
+    --mem) mem=${2:?}; shift 2 ;;
+    --mem=*) mem=${1#*=}; shift ;;
+    --cpus) cpus=${2:?}; shift 2 ;;
+    --cpus=*) cpus=${1#*=}; shift ;;
+    --timeout) timeout=${2:?}; shift 2 ;;
+    --timeout=*) timeout=${1#*=}; shift ;;
+    --share) shares+=("${2:?}"); shift 2 ;;
+    --share=*) shares+=("${1#*=}"); shift ;;
+    --env) envs+=("${2:?}"); shift 2 ;;
+    --env=*) envs+=("${1#*=}"); shift ;;
+    --) shift; break ;;
+    -h | --help) usage ;;
+    *) echo "testhost: unknown option '$1' (the command goes after --)" >&2; usage ;;
+  esac
+done
+[ $# -gt 0 ] || usage
+for n in "$mem" "$cpus" "$timeout"; do
+  case $n in '' | *[!0-9]*) die "--mem, --cpus and --timeout take whole numbers (got '$n')" ;; esac
+done
+
+need_cmd qemu-system-x86_64 qemu-system-x86
+read -r kernel initrd < <(bash "$here/build.sh" | tail -n1)
+[ -f "$kernel" ] && [ -f "$initrd" ] || die "build.sh did not produce the test host"
+
+# sq WORD: WORD quoted for any POSIX sh (single quotes; a ' inside becomes '\'').
+sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
+
+run=$(mktemp -d "${TMPDIR:-/tmp}/kvmrun-testhost.XXXXXX")
+_tmp_dirs+=("$run")
+nonce=$(od -An -N8 -tx8 /dev/urandom | tr -d ' \n')
+printf '%s\n' "$nonce" >"$run/nonce"
+
+# The command script: exports, cd, exec. The environment: PATH, HOME, KVMRUN_*, RUST_LOG,
+# RUST_BACKTRACE of the caller, then --env (which wins).
+cwd=$(pwd -P)
+{
+  printf 'export PATH=%s\n' "$(sq "${PATH:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}")"
+  printf 'export HOME=%s\n' "$(sq "${HOME:-/root}")"
+  while IFS= read -r name; do
+    printf 'export %s=%s\n' "$name" "$(sq "${!name}")"
+  done < <(compgen -e | grep -E '^(KVMRUN_[A-Za-z0-9_]*|RUST_LOG|RUST_BACKTRACE)$' || true)
+  for kv in "${envs[@]}"; do
+    name=${kv%%=*}
+    [[ $kv == *=* && $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "--env wants NAME=VALUE (got '$kv')"
+    printf 'export %s=%s\n' "$name" "$(sq "${kv#*=}")"
+  done
+  printf 'cd %s || { echo "testhost: cannot cd to %s inside the test host (under /tmp? use --share)" >&2; exit 125; }\n' \
+    "$(sq "$cwd")" "${cwd//[\"\$\`\\]/_}"
+  printf 'exec'
+  for a in "$@"; do printf ' %s' "$(sq "$a")"; done
+  printf '\n'
+} >"$run/cmd.sh"
+
+# Paths under /tmp that the test host re-exposes over its tmpfs /tmp: the cwd and the cache.
+for p in "$cwd" "$CACHE"; do
+  case $p in /tmp/?*) printf '%s\n' "$p" ;; esac
+done >"$run/expose"
+
+virtfs=(-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"
+  -virtfs "local,path=$run,mount_tag=kvmrunctl,security_model=none,multidevs=remap")
+i=0
+: >"$run/shares"
+for s in "${shares[@]}"; do
+  [ -d "$s" ] || die "--share $s: not a directory"
+  s=$(cd "$s" && pwd -P)
+  [[ $s != *$'\n'* ]] || die "--share: newlines in paths are not supported"
+  virtfs+=(-virtfs "local,path=$s,mount_tag=share$i,security_model=none,multidevs=remap")
+  printf 'share%s %s\n' "$i" "$s" >>"$run/shares"
+  i=$((i + 1))
+done
+
+append="console=ttyS0 panic=-1 quiet"
+[ "${KVMRUN_TESTHOST_DEBUG:-0}" = 0 ] || append="console=ttyS0 panic=-1 kvmrun.testhost.debug"
+
+mkfifo "$run/out"
+log "booting the test host (QEMU TCG, $cpus CPUs, $mem MiB, timeout ${timeout}s):$(printf " %q" "$@")"
+# stdin from /dev/null: QEMU leaves the caller's terminal alone (no raw mode) and needs none.
+# --foreground keeps QEMU in our process group, so a Ctrl-C reaches it.
+timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
+  -accel tcg -cpu max -M q35 -smp "$cpus" -m "$mem" -display none -nodefaults -no-reboot \
+  -serial stdio -kernel "$kernel" -initrd "$initrd" -append "$append" "${virtfs[@]}" \
+  </dev/null >"$run/out" 2>&1 &
+qpid=$!
+trap 'kill "$qpid" 2>/dev/null; exit 130' INT
+trap 'kill "$qpid" 2>/dev/null; exit 143' TERM
+
+# Stream the console: strip \r, hide the marker (and whatever follows it: the power-off), note
+# a panic.
+marker="KVMRUN-TESTHOST-EXIT-$nonce="
+status= panicked=
+while IFS= read -r line || [ -n "$line" ]; do
+  line=${line//$'\r'/}
+  if [ -n "$status" ]; then continue; fi
+  case $line in
+    *"$marker"*)
+      pre=${line%%"$marker"*}
+      status=${line#*"$marker"}
+      status=${status%%[!0-9]*}
+      [ -z "$pre" ] || printf '%s\n' "$pre"
+      continue ;;
+    *"Kernel panic - not syncing"*) panicked=1 ;;
+  esac
+  printf '%s\n' "$line"
+done <"$run/out"
+
+qrc=0
+wait "$qpid" || qrc=$?
+trap - INT TERM
+if [ -z "$status" ] && [ -s "$run/status" ]; then status=$(cat "$run/status"); fi
+
+if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
+  log "error: timed out after ${timeout}s (QEMU killed)${status:+; the command had exited with status $status}"
+  exit 124
+elif [ -n "$panicked" ]; then
+  log "error: the test host's kernel panicked"
+  exit 125
+elif [ "$qrc" != 0 ]; then
+  log "error: QEMU failed (exit status $qrc)"
+  exit 125
+elif [ -z "$status" ]; then
+  log "error: the test host stopped without reporting an exit status"
+  exit 125
+fi
+exit "$status"
