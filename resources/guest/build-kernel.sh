@@ -40,13 +40,15 @@ build_kernel() { # tmpdir
   mkdir -p "$obj"
   local mk=(make -C "$src" O="$obj" ARCH=x86_64 KBUILD_BUILD_USER=kvmrun KBUILD_BUILD_HOST=kvmrun)
   log "[1/5] make tinyconfig"
-  "${mk[@]}" -s tinyconfig >&2
+  "${mk[@]}" -s tinyconfig >"$obj/config.log" 2>&1 ||
+    { cat "$obj/config.log" >&2; die "make tinyconfig failed"; }
   log "[2/5] merging kernel/configs/kvm_guest.config and $(basename "$fragment")"
   (cd "$obj" && "$src/scripts/kconfig/merge_config.sh" -m -O "$obj" "$obj/.config" \
     "$src/kernel/configs/kvm_guest.config" "$fragment" >"$obj/merge.log" 2>&1) ||
     { cat "$obj/merge.log" >&2; die "merge_config.sh failed"; }
   log "[3/5] make olddefconfig"
-  "${mk[@]}" -s olddefconfig >&2
+  "${mk[@]}" -s olddefconfig >>"$obj/config.log" 2>&1 ||
+    { cat "$obj/config.log" >&2; die "make olddefconfig failed"; }
   log "[4/5] checking that every option of $(basename "$fragment") is set"
   local line opt bad=0
   while IFS= read -r line; do
