@@ -43,11 +43,11 @@ pub struct RunArgs {
     pub initrd: Option<PathBuf>,
 
     /// Kernel command line; replaces the default.
-    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE)]
+    #[arg(long, value_name = "STR", default_value = DEFAULT_CMDLINE, allow_hyphen_values = true)]
     pub cmdline: String,
 
     /// Appended to the kernel command line (e.g. `-- sh -c 'cmd'` runs cmd as the default guest's init command).
-    #[arg(long, value_name = "STR")]
+    #[arg(long, value_name = "STR", allow_hyphen_values = true)]
     pub append: Option<String>,
 
     /// Number of vCPUs, each run by its own host thread.
@@ -180,6 +180,14 @@ mod tests {
         );
         assert!("file=".parse::<ConsoleMode>().is_err());
         assert!("tty".parse::<ConsoleMode>().is_err());
+    }
+
+    #[test]
+    fn append_takes_a_value_that_starts_with_dashes() {
+        let cli = Cli::try_parse_from(["kvmrun", "run", "--append", "-- sh -c 'exit 3'", "--cpus", "2"]).unwrap();
+        let Command::Run(args) = cli.command;
+        assert_eq!(args.append.as_deref(), Some("-- sh -c 'exit 3'"));
+        assert_eq!(args.cpus, 2);
     }
 
     #[test]
