@@ -184,7 +184,15 @@ mod tests {
 
     #[test]
     fn append_takes_a_value_that_starts_with_dashes() {
-        let cli = Cli::try_parse_from(["kvmrun", "run", "--append", "-- sh -c 'exit 3'", "--cpus", "2"]).unwrap();
+        let cli = Cli::try_parse_from([
+            "kvmrun",
+            "run",
+            "--append",
+            "-- sh -c 'exit 3'",
+            "--cpus",
+            "2",
+        ])
+        .unwrap();
         let Command::Run(args) = cli.command;
         assert_eq!(args.append.as_deref(), Some("-- sh -c 'exit 3'"));
         assert_eq!(args.cpus, 2);
