@@ -1,1 +1,8 @@
-//! PCI bus, configuration space, MSI-X (PCI Local Bus 3.0).
+//! PCI: configuration space, MSI-X, configuration mechanism #1 and BAR dispatch (PCI Local Bus
+//! Specification 3.0).
+
+pub mod config_space;
+pub mod msix;
+
+pub use config_space::{BarKind, BarReprogram, PciBar, PciConfigError, PciConfigSpace, PciHeader};
+pub use msix::{MsiMessage, MsiVectorRouter, Msix, MsixCapability, MsixError};
