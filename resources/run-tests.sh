@@ -27,6 +27,7 @@ export KVMRUN_TEST_DISTRO_KERNEL=$distro_kernel KVMRUN_TEST_DISTRO_INITRD=$distr
 # The guest tests are #[ignore]d in a plain `cargo test` (they need a KVM that runs Linux);
 # here they run with --ignored, one at a time so timings are not skewed by each other.
 guest_tests=$(cargo test --no-run --message-format=json --test guest 2>/dev/null |
+  grep '"kind":\["test"\]' | grep '"name":"guest"' |
   sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
 [ -x "$guest_tests" ] || { echo "run-tests: could not build the guest test binary" >&2; exit 1; }
 
