@@ -1,6 +1,9 @@
 //! virtio devices and the virtio-pci transport (virtio 1.2).
 pub mod block;
+pub mod pci_transport;
 use std::sync::Arc;
+
+pub use pci_transport::{VirtioPciDevice, VirtioPciError};
 pub type GuestMemoryMmap = vm_memory::GuestMemoryMmap<()>;
 pub type GuestMemoryAtomic = vm_memory::GuestMemoryAtomic<GuestMemoryMmap>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
