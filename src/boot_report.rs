@@ -12,6 +12,7 @@ pub struct BootTimeline {
     kernel_entry: OnceLock<Instant>,
     first_console_byte: OnceLock<Instant>,
     boot_complete: OnceLock<Instant>,
+    stop: OnceLock<Instant>,
     exit: Mutex<Option<Instant>>,
     memory: Mutex<MemoryUse>,
 }
@@ -22,6 +23,8 @@ pub struct BootReport {
     pub kernel_entry_ms: Option<f64>,
     pub first_console_byte_ms: Option<f64>,
     pub boot_complete_ms: Option<f64>,
+    /// When the main thread saw the stop request (guest exit port, reset, poweroff, signal).
+    pub stop_ms: Option<f64>,
     pub exit_ms: Option<f64>,
     pub exit_status: i32,
     pub exit_reason: String,
@@ -47,6 +50,7 @@ impl BootTimeline {
             kernel_entry: OnceLock::new(),
             first_console_byte: OnceLock::new(),
             boot_complete: OnceLock::new(),
+            stop: OnceLock::new(),
             exit: Mutex::new(None),
             memory: Mutex::new(MemoryUse::default()),
         }
@@ -62,6 +66,10 @@ impl BootTimeline {
 
     pub fn boot_complete(&self, at: Instant) {
         let _ = self.boot_complete.set(at);
+    }
+
+    pub fn stop(&self) {
+        let _ = self.stop.set(Instant::now());
     }
 
     pub fn exit(&self) {
@@ -81,6 +89,7 @@ impl BootTimeline {
             kernel_entry_ms: ms(self.kernel_entry.get()),
             first_console_byte_ms: ms(self.first_console_byte.get()),
             boot_complete_ms: ms(self.boot_complete.get()),
+            stop_ms: ms(self.stop.get()),
             exit_ms: ms(exit.as_ref()),
             exit_status,
             exit_reason: exit_reason.to_string(),

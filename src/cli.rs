@@ -50,6 +50,14 @@ pub struct RunArgs {
     #[arg(long, value_name = "STR", allow_hyphen_values = true)]
     pub append: Option<String>,
 
+    /// A virtio-blk disk: path=FILE[,readonly=on][,direct=on][,serial=ID] (raw image). Repeatable;
+    /// the first is /dev/vda in the guest.
+    #[arg(
+        long = "disk",
+        value_name = "path=FILE[,readonly=on][,direct=on][,serial=ID]"
+    )]
+    pub disks: Vec<DiskSpec>,
+
     /// Number of vCPUs, each run by its own host thread.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=254))]
     pub cpus: u8,
@@ -102,6 +110,55 @@ impl FromStr for ConsoleMode {
                 )),
             },
         }
+    }
+}
+
+/// One `--disk` option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskSpec {
+    pub path: PathBuf,
+    pub readonly: bool,
+    pub direct: bool,
+    pub serial: Option<String>,
+}
+
+impl FromStr for DiskSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let flag = |key: &str, v: &str| match v {
+            "on" | "true" | "yes" => Ok(true),
+            "off" | "false" | "no" => Ok(false),
+            _ => Err(format!("--disk {key}={v}: use on or off")),
+        };
+        let mut spec = DiskSpec {
+            path: PathBuf::new(),
+            readonly: false,
+            direct: false,
+            serial: None,
+        };
+        for part in s.split(',') {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| format!("--disk '{part}': expected key=value (path=FILE,readonly=on,direct=on,serial=ID)"))?;
+            match key {
+                "path" if !value.is_empty() => spec.path = PathBuf::from(value),
+                "readonly" => spec.readonly = flag(key, value)?,
+                "direct" => spec.direct = flag(key, value)?,
+                // GET_ID answers with at most 20 bytes (virtio 1.2 §5.2.6).
+                "serial" if value.len() <= 20 => spec.serial = Some(value.to_string()),
+                "serial" => return Err(format!("--disk serial={value}: at most 20 bytes")),
+                _ => {
+                    return Err(format!(
+                    "--disk: unknown or empty key '{key}' (keys: path, readonly, direct, serial)"
+                ))
+                }
+            }
+        }
+        if spec.path.as_os_str().is_empty() {
+            return Err("--disk needs path=FILE".into());
+        }
+        Ok(spec)
     }
 }
 
@@ -167,6 +224,29 @@ mod tests {
             "18446744073709551615T",
         ] {
             assert!(bad.parse::<MemSize>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn disk_specs_parse() {
+        let d: DiskSpec = "path=/img,readonly=on,direct=on,serial=abc"
+            .parse()
+            .unwrap();
+        assert_eq!(d.path, PathBuf::from("/img"));
+        assert!(d.readonly && d.direct);
+        assert_eq!(d.serial.as_deref(), Some("abc"));
+        let d: DiskSpec = "path=/x".parse().unwrap();
+        assert!(!d.readonly && !d.direct && d.serial.is_none());
+        for bad in [
+            "",
+            "/img",
+            "path=",
+            "readonly=on",
+            "path=/x,readonly=maybe",
+            "path=/x,cache=none",
+            "path=/x,serial=123456789012345678901",
+        ] {
+            assert!(bad.parse::<DiskSpec>().is_err(), "{bad} parsed");
         }
     }
 

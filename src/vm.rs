@@ -144,6 +144,7 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
     }
 
     let loop_result = event_loop.run_until_exit(&exit);
+    timeline.stop();
     // The loop also ends on a host signal, which devices know nothing of: make the stop
     // official so the vCPU threads see it (the first recorded reason is kept).
     exit.request(if loop_result.is_err() {
