@@ -489,7 +489,7 @@ impl PciRoot {
     }
 
     /// Device and register offset for a CONFIG_DATA access `data_offset` bytes into 0xcfc.
-    fn target(&self, data_offset: u64) -> Option<(&Arc<Slot>, u64)> {
+    fn target(&self, data_offset: u64) -> Option<(u8, &Arc<Slot>, u64)> {
         let addr = self.config_address.load(Ordering::Acquire);
         if addr & CONFIG_ADDRESS_ENABLE == 0 {
             return None;
@@ -502,7 +502,7 @@ impl PciRoot {
             return None;
         }
         let slot = self.slots[device as usize].as_ref()?;
-        Some((slot, register + data_offset))
+        Some((device as u8, slot, register + data_offset))
     }
 
     fn apply_moves(&self, slot_nr: u8, moved: &[BarReprogram]) {
@@ -535,7 +535,7 @@ impl BusDevice for PciRoot {
         }
         // CONFIG_DATA: bytes 0xcfc..0xcff, any access inside them.
         if (4..8).contains(&offset) && offset.saturating_add(len) <= 8 {
-            if let Some((slot, reg)) = self.target(offset - 4) {
+            if let Some((_, slot, reg)) = self.target(offset - 4) {
                 slot.dev.config_read(reg, data);
                 return;
             }
@@ -554,7 +554,9 @@ impl BusDevice for PciRoot {
             return;
         }
         if (4..8).contains(&offset) && offset.saturating_add(len) <= 8 {
-            let Some((slot, reg)) = self.target(offset - 4) else {
+            // One snapshot of CONFIG_ADDRESS for the whole access: another vCPU may rewrite it
+            // meanwhile (a racing guest; Linux serialises with pci_config_lock).
+            let Some((nr, slot, reg)) = self.target(offset - 4) else {
                 return;
             };
             let moved = slot.dev.config_write(reg, data);
@@ -563,8 +565,7 @@ impl BusDevice for PciRoot {
                 slot.sync_command();
             }
             if !moved.is_empty() {
-                let nr = self.config_address.load(Ordering::Acquire) >> 11 & 0x1f;
-                self.apply_moves(nr as u8, &moved);
+                self.apply_moves(nr, &moved);
             }
         } else if self.unknown.first(offset) {
             // Byte and word accesses to 0xcf8..0xcfb are not CONFIG_ADDRESS (§3.2.2.3.2);

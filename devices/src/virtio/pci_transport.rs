@@ -1684,6 +1684,86 @@ mod tests {
         t.dev.bar_read(VIRTIO_BAR, MSIX_TABLE_OFFSET, &mut big);
     }
 
+    #[test]
+    fn enumerated_and_driven_through_pci_root() {
+        use crate::bus::BusDevice;
+        use crate::pci::PciRoot;
+        let t = setup();
+        let dev = Arc::new(t.dev);
+        let mut root = PciRoot::new(0xc000_0000, 0x3ec0_0000, 0xc000, 0x4000).unwrap();
+        let slot = root.add_device(dev.clone()).unwrap();
+        let moves = Arc::new(Mutex::new(Vec::new()));
+        let m2 = moves.clone();
+        root.set_bar_observer(Arc::new(move |s: u8, e: &BarReprogram| {
+            m2.lock().unwrap().push((s, *e))
+        }));
+        let cfg = |reg: u32| 0x8000_0000u32 | u32::from(slot) << 11 | reg;
+        let rd = |reg: u32| {
+            root.write(0, &cfg(reg).to_le_bytes());
+            let mut d = [0u8; 4];
+            root.read(4, &mut d);
+            u32::from_le_bytes(d)
+        };
+        let wr = |reg: u32, v: u32| {
+            root.write(0, &cfg(reg).to_le_bytes());
+            root.write(4, &v.to_le_bytes());
+        };
+        assert_eq!(rd(0), 0x1042_1af4);
+        let bar = u64::from(rd(0x10) & !0xf) | u64::from(rd(0x14)) << 32;
+        assert_eq!(bar, dev.bars()[0].addr);
+        assert_eq!(root.irq_routes(), vec![(slot, 0, 16 + (slot % 8))]);
+        // Memory decoding off: the window does not reach the device.
+        let win = root.mmio_window();
+        let mut d = [0u8; 2];
+        win.read(bar - 0xc000_0000 + NUM_QUEUES, &mut d);
+        assert_eq!(d, [0xff; 2]);
+        wr(0x04, 0x0006);
+        win.read(bar - 0xc000_0000 + NUM_QUEUES, &mut d);
+        assert_eq!(u16::from_le_bytes(d), 2);
+        // Move the BAR; the observer learns where the notify ioeventfds go.
+        let new = 0xd000_0000u64;
+        wr(0x10, new as u32);
+        let mv = moves.lock().unwrap().clone();
+        assert_eq!(mv.len(), 1);
+        assert_eq!((mv[0].0, mv[0].1.old, mv[0].1.new), (slot, bar, new));
+        win.write(new - 0xc000_0000 + NOTIFY_OFFSET + 4, &[1, 0]);
+        assert_eq!(dev.ioeventfds()[1].1.read().unwrap(), 1);
+    }
+
+    #[test]
+    fn concurrent_access_and_interrupts_do_not_deadlock() {
+        let t = setup();
+        let msix_ctrl = t.cap(0x11, 0) + 2;
+        let dev = Arc::new(t.dev);
+        let irq = dev.interrupt();
+        let stop = Arc::new(AtomicBool::new(false));
+        let worker = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let _ = irq.trigger(VirtioInterruptType::Queue((n % 2) as u16));
+                    let _ = irq.trigger(VirtioInterruptType::Config);
+                    n += 1;
+                }
+            })
+        };
+        for i in 0..2000u32 {
+            let mut d = [0u8; 4];
+            dev.bar_read(VIRTIO_BAR, ISR_OFFSET, &mut d);
+            dev.bar_write(VIRTIO_BAR, MSIX_TABLE_OFFSET + 12, &(i & 1).to_le_bytes());
+            // Toggle MSI-X on and off through its Message Control.
+            let ctrl = if i % 2 == 0 { MSIX_CTRL_ENABLE } else { 0 };
+            dev.config_write(msix_ctrl, &ctrl.to_le_bytes());
+            let mut c = [0u8; 2];
+            dev.config_read(STATUS as u64, &mut c);
+            dev.bar_write(VIRTIO_BAR, DEVICE_STATUS, &[if i % 3 == 0 { 0 } else { 1 }]);
+            dev.intx_resample();
+        }
+        stop.store(true, Ordering::Relaxed);
+        worker.join().unwrap();
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
