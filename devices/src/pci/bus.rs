@@ -540,7 +540,10 @@ impl BusDevice for PciRoot {
                 return;
             }
         } else if self.unknown.first(offset) {
-            log::debug!("pci: {len}-byte read at port {:#x} ignored", 0xcf8 + offset);
+            log::debug!(
+                "pci: {len}-byte read at port {:#x} ignored",
+                0xcf8u64.wrapping_add(offset)
+            );
         }
         data.fill(0xff);
     }
@@ -573,14 +576,14 @@ impl BusDevice for PciRoot {
             // chipsets, which this machine does not have.
             log::debug!(
                 "pci: {len}-byte write at port {:#x} ignored",
-                0xcf8 + offset
+                0xcf8u64.wrapping_add(offset)
             );
         }
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::pci::config_space::{BAR0, COMMAND_BUS_MASTER};
     use proptest::prelude::*;
@@ -639,6 +642,26 @@ mod tests {
         }
         fn set_bar_address(&self, index: usize, addr: u64) -> Result<(), PciConfigError> {
             self.config.lock().unwrap().set_bar_address(index, addr)
+        }
+    }
+
+    /// A logger that formats every record and drops it, so that log arguments are evaluated
+    /// in tests (an overflow in one would otherwise only show with logging on).
+    struct FormatAll;
+    impl log::Log for FormatAll {
+        fn enabled(&self, _: &log::Metadata) -> bool {
+            true
+        }
+        fn log(&self, record: &log::Record) {
+            let _ = record.args().to_string();
+        }
+        fn flush(&self) {}
+    }
+
+    pub(crate) fn format_all_logs() {
+        static LOGGER: FormatAll = FormatAll;
+        if log::set_logger(&LOGGER).is_ok() {
+            log::set_max_level(log::LevelFilter::Trace);
         }
     }
 
@@ -772,6 +795,7 @@ mod tests {
 
     #[test]
     fn absent_disabled_and_out_of_range() {
+        format_all_logs();
         let mut r = root();
         r.add_device(TestDev::new(1, &[])).unwrap();
         // Absent slot, other function, other bus: all ones, writes dropped.
@@ -1032,6 +1056,7 @@ mod tests {
             ops in proptest::collection::vec(
                 (0u8..6, any::<u32>(), 0u64..10, 0usize..9, any::<u64>()), 0..200)
         ) {
+            format_all_logs();
             let mut r = root();
             let a = TestDev::new(1, &[(0, 0x4000, BarKind::Mmio64), (2, 0x20, BarKind::Io), (3, 0x1000, BarKind::Mmio32)]);
             r.add_device(a).unwrap();

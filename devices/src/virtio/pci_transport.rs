@@ -467,11 +467,8 @@ impl VirtioPciDevice {
         };
         // Every access must lie inside one region; otherwise it reads 0 (§4.1.3.1: the driver
         // accesses each field with its own width).
-        let region = offset / REGION_LEN;
         let rel = offset % REGION_LEN;
-        let in_one = end <= (region + 1) * REGION_LEN
-            || (offset >= MSIX_TABLE_OFFSET && end <= MSIX_PBA_OFFSET);
-        if !in_one || offset >= VIRTIO_BAR_SIZE {
+        if !in_one_region(offset, end) {
             self.log_odd("read", offset, data.len());
             data.fill(0);
             return;
@@ -503,11 +500,8 @@ impl VirtioPciDevice {
         let Some(end) = offset.checked_add(len) else {
             return;
         };
-        let region = offset / REGION_LEN;
         let rel = offset % REGION_LEN;
-        let in_one = end <= (region + 1) * REGION_LEN
-            || (offset >= MSIX_TABLE_OFFSET && end <= MSIX_PBA_OFFSET);
-        if !in_one || offset >= VIRTIO_BAR_SIZE || data.is_empty() {
+        if !in_one_region(offset, end) || data.is_empty() {
             self.log_odd("write", offset, data.len());
             return;
         }
@@ -812,6 +806,20 @@ fn with_inner<R>(
         Some(i) => f(i),
         None => f(&mut lock(m)),
     }
+}
+
+/// Whether `[offset, end)` lies inside the BAR and inside one of its regions (the 4 KiB pages,
+/// except that the MSI-X table spans two).
+fn in_one_region(offset: u64, end: u64) -> bool {
+    if offset >= VIRTIO_BAR_SIZE || end > VIRTIO_BAR_SIZE {
+        return false;
+    }
+    let region_end = if (MSIX_TABLE_OFFSET..MSIX_PBA_OFFSET).contains(&offset) {
+        MSIX_PBA_OFFSET
+    } else {
+        (offset / REGION_LEN + 1) * REGION_LEN
+    };
+    end <= region_end
 }
 
 fn notify_offset(queue: usize) -> u64 {
@@ -1653,6 +1661,7 @@ mod tests {
 
     #[test]
     fn odd_accesses_are_harmless() {
+        crate::pci::bus::tests::format_all_logs();
         let t = setup();
         // Straddling regions or the BAR end: reads 0, writes dropped.
         assert_eq!(t.r32(ISR_OFFSET - 2), 0);
@@ -1660,6 +1669,9 @@ mod tests {
         assert_eq!(t.r32(VIRTIO_BAR_SIZE - 2), 0);
         assert_eq!(t.r32(u64::MAX - 1), 0);
         t.w32(u64::MAX - 1, 1);
+        assert_eq!(t.r32(u64::MAX - 8), 0);
+        t.w32(u64::MAX - 8, 1);
+        assert_eq!(t.r32(VIRTIO_BAR_SIZE), 0);
         t.w(0, &[]);
         t.dev.bar_read(VIRTIO_BAR, 0, &mut []);
         // A write spanning two common fields is ignored; a read spanning them works.
@@ -1771,6 +1783,7 @@ mod tests {
             ops in proptest::collection::vec(
                 (0u8..4, 0u64..0x8010, 0usize..10, any::<u64>()), 0..300)
         ) {
+            crate::pci::bus::tests::format_all_logs();
             let t = setup();
             // Bias towards the interesting offsets.
             for (kind, off, len, val) in ops {
@@ -1780,6 +1793,7 @@ mod tests {
                     0 => off % 0x40,
                     1 => NOTIFY_OFFSET + off % 0x10,
                     2 => MSIX_TABLE_OFFSET + off % 0x40,
+                    3 => u64::MAX - off % 0x20,
                     _ => off,
                 };
                 match kind {
