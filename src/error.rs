@@ -38,6 +38,8 @@ pub enum Error {
     Cmdline(String),
     #[error("device set-up: {0}")]
     Device(String),
+    #[error("{0}")]
+    Disk(String),
     #[error("console: {0}")]
     Console(#[source] std::io::Error),
     #[error("vCPU {index}: {message}")]

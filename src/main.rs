@@ -6,6 +6,8 @@ mod console;
 mod error;
 mod host_check;
 mod memory;
+mod msi_routing;
+mod pci_devices;
 mod resources;
 mod termination;
 mod testhost;
@@ -67,6 +69,7 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, Error> {
         cpus: args.cpus,
         mem_size: args.memory.0,
         console: args.console.clone(),
+        disks: args.disks.clone(),
         allow_pvm: args.allow_pvm,
     };
     let timeline = Arc::new(BootTimeline::new(start));

@@ -40,6 +40,7 @@ pub struct VmConfig {
     pub cpus: u8,
     pub mem_size: u64,
     pub console: ConsoleMode,
+    pub disks: Vec<crate::cli::DiskSpec>,
     pub allow_pvm: bool,
 }
 
@@ -77,7 +78,7 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
         return Err(Error::TooManyCpus(cfg.cpus, max_vcpus));
     }
 
-    let vm = kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?;
+    let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
     // Order matters: TSS and identity map before the irqchip and the first vCPU, the PIT after
     // the irqchip (see shared/rust-vmm-notes.md).
     vm.set_tss_address(boot::layout::KVM_TSS_ADDR as usize)
@@ -95,11 +96,11 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
 
     let mem = create_guest_memory(cfg.mem_size)?;
     register_with_kvm(&vm, &mem)?;
-    let boot_entry = load_guest(cfg, &mem)?;
 
     let exit =
         Arc::new(ExitSignal::new().map_err(|e| Error::Device(format!("exit eventfd: {e}")))?);
-    let machine = build_devices(cfg, &vm, &exit, &timeline)?;
+    let mut machine = build_devices(cfg, &vm, &mem, &exit, &timeline)?;
+    let boot_entry = load_guest(cfg, &mem, &machine.irq_routes)?;
 
     let counters = Arc::new(ExitCounters::default());
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
@@ -123,6 +124,10 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
         _ => None,
     };
     let mut event_loop = MainLoop::new(&exit, cfg.console == ConsoleMode::Stdio, &machine.serial)?;
+    for s in crate::pci_devices::resample_subscribers(std::mem::take(&mut machine.intx_resamplers))
+    {
+        event_loop.manager.add_subscriber(s);
+    }
 
     let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(vcpus.len());
     for (index, fd) in vcpus.into_iter().enumerate() {
@@ -211,7 +216,11 @@ fn check_host(cfg: &VmConfig) -> Result<(), Error> {
 
 /// Loads kernel and initrd and writes the boot-time machine: command line, zero page, MP and
 /// ACPI tables, GDT and page tables.
-fn load_guest(cfg: &VmConfig, mem: &GuestMemory) -> Result<BootEntry, Error> {
+fn load_guest(
+    cfg: &VmConfig,
+    mem: &GuestMemory,
+    pci_irqs: &[boot::PciIrqRoute],
+) -> Result<BootEntry, Error> {
     let mut kernel_file = File::open(&cfg.kernel).map_err(Error::file("kernel", &cfg.kernel))?;
     let kernel = boot::kernel::load_kernel(mem, &mut kernel_file)?;
     let initrd = match &cfg.initrd {
@@ -244,8 +253,14 @@ fn load_guest(cfg: &VmConfig, mem: &GuestMemory) -> Result<BootEntry, Error> {
             mem_size: cfg.mem_size,
         },
     )?;
-    boot::mptable::write_mptable(mem, cfg.cpus, &[])?;
-    boot::acpi::write_acpi_tables(mem, cfg.cpus, &boot::acpi::AcpiPciConfig::default())?;
+    boot::mptable::write_mptable(mem, cfg.cpus, pci_irqs)?;
+    boot::acpi::write_acpi_tables(
+        mem,
+        cfg.cpus,
+        &boot::acpi::AcpiPciConfig {
+            irq_routes: pci_irqs.to_vec(),
+        },
+    )?;
     let gdt = boot::gdt::write_gdt(mem)?;
     let cr3 = boot::paging::write_identity_page_tables(mem)?;
     log::info!(
@@ -266,11 +281,14 @@ struct Machine {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     serial: Arc<Serial>,
+    irq_routes: Vec<boot::PciIrqRoute>,
+    intx_resamplers: Vec<crate::pci_devices::IntxResample>,
 }
 
 fn build_devices(
     cfg: &VmConfig,
-    vm: &VmFd,
+    vm: &Arc<VmFd>,
+    mem: &GuestMemory,
     exit: &Arc<ExitSignal>,
     timeline: &Arc<BootTimeline>,
 ) -> Result<Machine, Error> {
@@ -309,10 +327,16 @@ fn build_devices(
         Arc::new(AcpiSleepControl::new(exit.clone())),
     )?;
 
+    let mut mmio = Bus::new();
+    let guest_mem = devices::virtio::GuestMemoryAtomic::new(mem.clone());
+    let pci = crate::pci_devices::build(vm, &guest_mem, &cfg.disks, &mut pio, &mut mmio)?;
+
     Ok(Machine {
         pio: Arc::new(pio),
-        mmio: Arc::new(Bus::new()),
+        mmio: Arc::new(mmio),
         serial,
+        irq_routes: pci.irq_routes,
+        intx_resamplers: pci.intx_resamplers,
     })
 }
 

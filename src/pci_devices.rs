@@ -1,0 +1,204 @@
+//! The PCI side of the machine: bus 0 behind configuration mechanism #1, its windows on the
+//! port and MMIO buses, and the virtio-pci devices with their ioeventfds, MSI-X routes and INTx.
+
+use std::sync::{Arc, Mutex};
+
+use devices::bus::{Bus, BusDevice};
+use devices::pci::{BarReprogram, PciDevice, PciRoot};
+use devices::virtio::block::{DiskConfig, VirtioBlk};
+use devices::virtio::pci_transport::{VirtioPciDevice, VIRTIO_BAR};
+use devices::virtio::{GuestMemoryAtomic, VirtioDevice};
+use event_manager::{EventOps, Events, MutEventSubscriber};
+use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::cli::DiskSpec;
+use crate::error::Error;
+use crate::msi_routing::{DeviceMsiRouter, GsiRouting};
+
+/// The PCI I/O window for I/O BARs (virtio-pci modern uses none; the e1000 will).
+const PCI_IO_BASE: u64 = 0xc000;
+const PCI_IO_SIZE: u64 = 0x4000;
+
+/// Everything PCI the VMM keeps: the root (on the buses), the INTx routes the firmware tables
+/// describe, and per device what its interrupt and notification plumbing needs.
+pub struct PciMachine {
+    pub irq_routes: Vec<boot::PciIrqRoute>,
+    pub intx_resamplers: Vec<IntxResample>,
+}
+
+/// One virtio-pci device on the bus.
+struct PlacedDevice {
+    slot: u8,
+    dev: Arc<VirtioPciDevice>,
+}
+
+/// Builds bus 0 with one virtio-blk device per `--disk`, and puts it on the buses.
+pub fn build(
+    vm: &Arc<VmFd>,
+    mem: &GuestMemoryAtomic,
+    disks: &[DiskSpec],
+    pio: &mut Bus,
+    mmio: &mut Bus,
+) -> Result<PciMachine, Error> {
+    let dev_err = |what: String| Error::Device(what);
+    let mmio_base = boot::layout::PCI_MMIO32_START;
+    let mmio_size = boot::layout::PCI_MMIO32_END - mmio_base;
+    let mut root = PciRoot::new(mmio_base, mmio_size, PCI_IO_BASE, PCI_IO_SIZE)
+        .map_err(|e| dev_err(format!("PCI root: {e}")))?;
+    let routing = Arc::new(GsiRouting::new(vm.clone()));
+
+    let mut placed = Vec::new();
+    let mut intx_resamplers = Vec::new();
+    for (i, disk) in disks.iter().enumerate() {
+        let blk = VirtioBlk::new(DiskConfig {
+            path: disk.path.clone(),
+            readonly: disk.readonly,
+            direct: disk.direct,
+            serial: disk.serial.clone(),
+        })
+        .map_err(|e| Error::Disk(e.to_string()))?;
+        let slot = u8::try_from(i + 1)
+            .ok()
+            .filter(|&s| s < 32)
+            .ok_or_else(|| dev_err("at most 31 PCI devices".into()))?;
+        let (dev, resampler) = add_virtio(vm, mem, &routing, &mut root, slot, Box::new(blk))?;
+        intx_resamplers.push(resampler);
+        placed.push(PlacedDevice { slot, dev });
+    }
+
+    for p in &placed {
+        for (offset, fd) in p.dev.ioeventfds() {
+            let addr = bar_address(&*p.dev)? + offset;
+            vm.register_ioevent(fd, &IoEventAddress::Mmio(addr), NoDatamatch)
+                .map_err(|e| dev_err(format!("KVM_IOEVENTFD at {addr:#x}: {e}")))?;
+        }
+    }
+    let irq_routes = root
+        .irq_routes()
+        .into_iter()
+        .map(|(device, pin, gsi)| boot::PciIrqRoute { device, pin, gsi })
+        .collect();
+    root.set_bar_observer(Arc::new(IoeventfdMover {
+        vm: vm.clone(),
+        devices: placed,
+    }));
+
+    let root = Arc::new(root);
+    let insert = |bus: &mut Bus, base: u64, len: u64, dev: Arc<dyn BusDevice>| {
+        bus.insert(base, len, dev)
+            .map_err(|e| dev_err(format!("PCI range {base:#x}: {e}")))
+    };
+    insert(
+        pio,
+        PciRoot::CONFIG_PORT,
+        PciRoot::CONFIG_PORT_LEN,
+        root.clone(),
+    )?;
+    let w = root.mmio_window();
+    insert(mmio, w.base(), w.size(), w)?;
+    let w = root.io_window();
+    insert(pio, w.base(), w.size(), w)?;
+    Ok(PciMachine {
+        irq_routes,
+        intx_resamplers,
+    })
+}
+
+fn add_virtio(
+    vm: &Arc<VmFd>,
+    mem: &GuestMemoryAtomic,
+    routing: &Arc<GsiRouting>,
+    root: &mut PciRoot,
+    slot: u8,
+    device: Box<dyn VirtioDevice>,
+) -> Result<(Arc<VirtioPciDevice>, IntxResample), Error> {
+    let dev_err = |what: String| Error::Device(what);
+    // One vector per queue plus the configuration vector (virtio 1.2 §4.1.4.3).
+    let vectors = u16::try_from(device.queue_max_sizes().len() + 1)
+        .map_err(|_| dev_err("too many virtio queues".into()))?;
+    let router = Arc::new(DeviceMsiRouter::new(routing.clone(), vectors)?);
+    let intx = EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err(format!("INTx eventfd: {e}")))?;
+    let resample =
+        EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err(format!("resample eventfd: {e}")))?;
+    // INTA#; PciRoot programs the same GSI into the Interrupt Line register.
+    let gsi = devices::pci::bus::intx_gsi(slot, 0);
+    vm.register_irqfd_with_resample(&intx, &resample, u32::from(gsi))
+        .map_err(|e| dev_err(format!("INTx irqfd for GSI {gsi}: {e}")))?;
+    let dev = Arc::new(
+        VirtioPciDevice::new(device, mem.clone(), router, intx)
+            .map_err(|e| dev_err(format!("virtio-pci: {e}")))?,
+    );
+    root.add_device_at(slot, dev.clone())
+        .map_err(|e| dev_err(format!("PCI slot {slot}: {e}")))?;
+    Ok((dev.clone(), IntxResample { fd: resample, dev }))
+}
+
+fn bar_address(dev: &dyn PciDevice) -> Result<u64, Error> {
+    dev.bars()
+        .into_iter()
+        .find(|b| b.index == VIRTIO_BAR)
+        .map(|b| b.addr)
+        .ok_or_else(|| Error::Device("virtio-pci device without its BAR".into()))
+}
+
+/// Moves a device's KVM ioeventfds along with its BAR when the guest relocates it.
+struct IoeventfdMover {
+    vm: Arc<VmFd>,
+    devices: Vec<PlacedDevice>,
+}
+
+impl devices::pci::bus::PciBarObserver for IoeventfdMover {
+    fn bar_moved(&self, slot: u8, event: &BarReprogram) {
+        if event.index != VIRTIO_BAR {
+            return;
+        }
+        let Some(p) = self.devices.iter().find(|p| p.slot == slot) else {
+            return;
+        };
+        for (offset, fd) in p.dev.ioeventfds() {
+            let old = IoEventAddress::Mmio(event.old + offset);
+            let new = IoEventAddress::Mmio(event.new + offset);
+            if let Err(e) = self.vm.unregister_ioevent(fd, &old, NoDatamatch) {
+                log::debug!(
+                    "slot {slot}: no ioeventfd at {:#x} to remove: {e}",
+                    event.old + offset
+                );
+            }
+            if let Err(e) = self.vm.register_ioevent(fd, &new, NoDatamatch) {
+                // The transport still signals the queue on a plain MMIO write, just slower.
+                log::warn!("slot {slot}: ioeventfd at {:#x}: {e}", event.new + offset);
+            }
+        }
+    }
+}
+
+/// Re-raises a device's level-triggered INTx when the guest's EOI resamples it while the
+/// device still has an interrupt pending (ISR not zero).
+pub struct IntxResample {
+    fd: EventFd,
+    dev: Arc<VirtioPciDevice>,
+}
+
+impl MutEventSubscriber for IntxResample {
+    fn process(&mut self, _events: Events, _ops: &mut EventOps) {
+        let _ = self.fd.read();
+        self.dev.intx_resample();
+    }
+
+    fn init(&mut self, ops: &mut EventOps) {
+        if let Err(e) = ops.add(Events::new(&self.fd, EventSet::IN)) {
+            log::error!("cannot watch an INTx resample eventfd: {e}");
+        }
+    }
+}
+
+/// Wraps the resamplers for the main loop's event manager.
+pub fn resample_subscribers(
+    r: Vec<IntxResample>,
+) -> Vec<Arc<Mutex<dyn MutEventSubscriber + Send>>> {
+    r.into_iter()
+        .map(|x| Arc::new(Mutex::new(x)) as Arc<Mutex<dyn MutEventSubscriber + Send>>)
+        .collect()
+}
