@@ -20,9 +20,11 @@ say "guest artifacts (cached in ${KVMRUN_CACHE:-$HOME/.cache/kvmrun})"
 read -r bzimage vmlinux < <(bash resources/guest/build-kernel.sh | tail -n1)
 initrd=$(bash resources/guest/build-initramfs.sh | tail -n1)
 read -r distro_kernel distro_initrd < <(bash resources/guest/build-distro-initramfs.sh | tail -n1)
+rootfs=$(bash resources/guest/build-rootfs.sh | tail -n1)
 
 export KVMRUN_TEST_BZIMAGE=$bzimage KVMRUN_TEST_VMLINUX=$vmlinux KVMRUN_TEST_INITRD=$initrd
 export KVMRUN_TEST_DISTRO_KERNEL=$distro_kernel KVMRUN_TEST_DISTRO_INITRD=$distro_initrd
+export KVMRUN_TEST_ROOTFS=$rootfs
 
 # The guest tests are #[ignore]d in a plain `cargo test` (they need a KVM that runs Linux);
 # here they run with --ignored, one at a time so timings are not skewed by each other.

@@ -165,3 +165,85 @@ fn unusable_dev_kvm_is_one_clear_line() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn disk_problems_are_named() {
+    let dir = scratch_dir("disk-bad");
+    let k = payload(&dir);
+    let (code, err) = fails(&[
+        "run",
+        "--allow-pvm",
+        "--kernel",
+        &k,
+        "--disk",
+        "path=/nonexistent/disk.img",
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/nonexistent/disk.img"), "{err}");
+    let d = dir.to_str().unwrap().to_string();
+    let (_, err) = fails(&[
+        "run",
+        "--allow-pvm",
+        "--kernel",
+        &k,
+        "--disk",
+        &format!("path={d}"),
+    ]);
+    assert!(err.contains(&d), "{err}");
+    let (code, err) = fails(&[
+        "run",
+        "--allow-pvm",
+        "--kernel",
+        &k,
+        "--disk",
+        "readonly=on",
+    ]);
+    assert_eq!(code, 2);
+    assert!(err.contains("path=FILE"), "{err}");
+    let (_, err) = fails(&[
+        "run",
+        "--allow-pvm",
+        "--kernel",
+        &k,
+        "--disk",
+        "path=/x,cache=none",
+    ]);
+    assert!(err.contains("unknown"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn disk_image_in_use_by_another_vm_is_refused() {
+    let dir = scratch_dir("disk-busy");
+    let hang = write_payload(&dir, "hang.elf", b"up\n", false, PayloadEnd::Hang);
+    let k = payload(&dir);
+    let img = dir.join("busy.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let disk = format!("path={}", img.display());
+    let mut first = common::kvmrun()
+        .args([
+            "run",
+            "--allow-pvm",
+            "--console",
+            "none",
+            "--kernel",
+            hang.to_str().unwrap(),
+            "--disk",
+            &disk,
+        ])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, err) = fails(&["run", "--allow-pvm", "--kernel", &k, "--disk", &disk]);
+    let _ = first.kill();
+    let _ = first.wait();
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("busy.img") && err.to_lowercase().contains("in use"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::run_kvmrun;
+use common::{run_kvmrun, scratch_dir};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
 
@@ -49,14 +49,19 @@ fn base64(data: &[u8]) -> String {
 /// happened. The script travels base64-encoded: the kernel splits init's arguments at spaces
 /// and panics past 32 of them, and this keeps any script to four.
 fn boot(kernel: &str, initrd: &str, extra: &[&str], script: &str) -> Guest {
+    let mut args = vec!["--kernel", kernel, "--initrd", initrd];
+    args.extend_from_slice(extra);
+    boot_vm(&args, script)
+}
+
+/// Runs kvmrun with `vm_args` (kernel and all) and `script` as the init's command.
+fn boot_vm(vm_args: &[&str], script: &str) -> Guest {
     let append = format!(
         "-- sh -c 'eval \"$(echo {} | base64 -d)\"'",
         base64(script.as_bytes())
     );
-    let mut args = vec![
-        "run", "--kernel", kernel, "--initrd", initrd, "--append", &append,
-    ];
-    args.extend_from_slice(extra);
+    let mut args = vec!["run", "--append", &append];
+    args.extend_from_slice(vm_args);
     let t = Instant::now();
     let out = run_kvmrun(&args, BOOT_LIMIT);
     let g = Guest {
@@ -243,4 +248,155 @@ fn base64_matches_rfc4648_vectors() {
     assert_eq!(base64(b"fo"), "Zm8=");
     assert_eq!(base64(b"foo"), "Zm9v");
     assert_eq!(base64(b"foobar"), "Zm9vYmFy");
+}
+
+// ---- virtio-blk ----
+
+/// Deterministic pseudo-random bytes (xorshift64), so host and guest can agree on content.
+fn pseudo_random(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn md5_of(path: &std::path::Path) -> String {
+    let out = std::process::Command::new("md5sum")
+        .arg(path)
+        .output()
+        .expect("md5sum");
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string()
+}
+
+fn disk_arg(path: &std::path::Path, opts: &str) -> String {
+    format!("path={}{opts}", path.display())
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn guest_writes_reach_the_image_after_flush() {
+    let dir = scratch_dir("blk-write");
+    let img = dir.join("data.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(4 << 20)
+        .unwrap();
+    let disk = disk_arg(&img, "");
+    let g = default_guest(
+        &["--disk", &disk],
+        "printf 'kvmrun-pattern-%04d\\n' $(seq 0 999) > /tmp/p && dd if=/tmp/p of=/dev/vda bs=4096 conv=fsync 2>/dev/null && echo written",
+    );
+    assert_eq!(g.status, Some(0));
+    assert!(g.stdout.contains("written"));
+    let expected: String = (0..1000)
+        .map(|i| format!("kvmrun-pattern-{i:04}\n"))
+        .collect();
+    let data = std::fs::read(&img).unwrap();
+    assert_eq!(&data[..expected.len()], expected.as_bytes());
+    assert!(
+        data[expected.len()..].iter().all(|&b| b == 0),
+        "bytes past the pattern changed"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn guest_reads_what_the_host_wrote() {
+    let dir = scratch_dir("blk-read");
+    let img = dir.join("data.img");
+    std::fs::write(&img, pseudo_random(3 << 20, 7)).unwrap();
+    let disk = disk_arg(&img, ",serial=kvmrun-disk-7");
+    let g = default_guest(
+        &["--disk", &disk],
+        "echo md5=$(md5sum /dev/vda); echo serial=$(cat /sys/block/vda/serial)",
+    );
+    assert_eq!(g.status, Some(0));
+    assert_eq!(
+        value(&g.stdout, "md5=").split_whitespace().next().unwrap(),
+        md5_of(&img)
+    );
+    assert_eq!(value(&g.stdout, "serial="), "kvmrun-disk-7");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn readonly_disk_refuses_writes_and_stays_unchanged() {
+    let dir = scratch_dir("blk-ro");
+    let img = dir.join("ro.img");
+    std::fs::write(&img, pseudo_random(1 << 20, 3)).unwrap();
+    let before = md5_of(&img);
+    let disk = disk_arg(&img, ",readonly=on");
+    let g = default_guest(
+        &["--disk", &disk],
+        "echo ro=$(cat /sys/block/vda/ro); if dd if=/dev/zero of=/dev/vda bs=4096 count=4 conv=fsync 2>/dev/null; then echo write=ok; else echo write=failed; fi",
+    );
+    assert_eq!(g.status, Some(0));
+    assert_eq!(value(&g.stdout, "ro="), "1");
+    assert_eq!(value(&g.stdout, "write="), "failed");
+    assert_eq!(md5_of(&img), before, "the read-only image changed");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn two_disks_with_two_vcpus_doing_io_on_both() {
+    let dir = scratch_dir("blk-two");
+    let (a, b) = (dir.join("a.img"), dir.join("b.img"));
+    std::fs::write(&a, pseudo_random(2 << 20, 11)).unwrap();
+    std::fs::File::create(&b).unwrap().set_len(2 << 20).unwrap();
+    let (da, db) = (disk_arg(&a, ""), disk_arg(&b, ""));
+    // vCPU 0 copies vda into vdb while vCPU 1 hashes vda, at once.
+    let g = default_guest(
+        &["--cpus", "2", "--disk", &da, "--disk", &db],
+        "taskset -c 0 dd if=/dev/vda of=/dev/vdb bs=64k conv=fsync 2>/dev/null & \
+         taskset -c 1 sh -c 'echo md5a=$(md5sum /dev/vda)' & wait; echo md5b=$(md5sum /dev/vdb)",
+    );
+    assert_eq!(g.status, Some(0));
+    let want = md5_of(&a);
+    assert_eq!(
+        value(&g.stdout, "md5a=").split_whitespace().next().unwrap(),
+        want
+    );
+    assert_eq!(
+        value(&g.stdout, "md5b=").split_whitespace().next().unwrap(),
+        want
+    );
+    assert_eq!(md5_of(&b), want, "the copy did not reach the second image");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn root_file_system_on_virtio_blk() {
+    let rootfs = artifact("KVMRUN_TEST_ROOTFS");
+    let disk = format!("path={rootfs},readonly=on");
+    let bz = artifact("KVMRUN_TEST_BZIMAGE");
+    let g = boot_vm(
+        &[
+            "--kernel",
+            &bz,
+            "--disk",
+            &disk,
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=-1 root=/dev/vda ro rootfstype=ext4 rootwait init=/init",
+        ],
+        "echo root=$(awk '$2 == \"/\" {print $1, $3}' /proc/mounts)",
+    );
+    assert_eq!(g.status, Some(0));
+    let root = value(&g.stdout, "root=");
+    assert!(
+        root.ends_with("ext4") && (root.starts_with("/dev/root") || root.starts_with("/dev/vda")),
+        "{root}"
+    );
 }
