@@ -151,7 +151,7 @@ elif [ "$qrc" != 0 ]; then
   log "error: QEMU failed (exit status $qrc)"
   exit 125
 elif [ -z "$status" ]; then
-  log "error: the test host stopped without reporting an exit status"
+  log "error: the test host stopped without reporting an exit status (it crashed or powered off early; KVMRUN_TESTHOST_DEBUG=1 shows its kernel messages)"
   exit 125
 fi
 exit "$status"
