@@ -29,7 +29,7 @@ inner() { # WORKDIR: runs inside the test host
     n=$((n + 1))
     log=$work/$n-${name// /_}.log
     t0=$(date +%s%N)
-    timeout -k 5 180 qemu-system-x86_64 -accel kvm -cpu host -m 512 -nographic -nodefaults \
+    timeout -k 5 120 qemu-system-x86_64 -accel kvm -cpu host -m 512 -nographic -nodefaults \
       -no-reboot -serial stdio "$@" </dev/null >"$log" 2>&1 || rc=$?
     t1=$(date +%s%N)
     local ms=$(((t1 - t0) / 1000000))
@@ -54,11 +54,11 @@ inner() { # WORKDIR: runs inside the test host
   check "microvm: again (warm)" 1 '^hello-from-guest$' -M microvm "${def[@]}" "${dbg[@]}" \
     -append "$q -- sh -c 'echo hello-from-guest; exit 0'"
   check "microvm: debug-exit status 7" 15 '^seven$' -M microvm "${def[@]}" "${dbg[@]}" \
-    -append "$q -- echo seven; exit 7"
+    -append "$q -- sh -c 'echo seven; exit 7'"
   check "microvm: boot-complete write to port 0x502" 3 '' -M microvm "${def[@]}" \
     -device isa-debug-exit,iobase=0x502,iosize=1 -append "$q -- sh -c 'echo never-reached'"
   check "microvm: no debug-exit device: poweroff fallback" 0 'exited with status 4' -M microvm "${def[@]}" \
-    -append "$q -- exit 4"
+    -append "$q -- sh -c 'exit 4'"
   check "pc: command, debug-exit status 5" 11 '^hello-from-guest$' -M pc "${def[@]}" "${dbg[@]}" \
     -append "$q -- sh -c 'echo hello-from-guest; exit 5'"
   check "pc: double quotes, 2 vCPUs" 1 '^2$' -M pc -smp 2 "${def[@]}" "${dbg[@]}" \
