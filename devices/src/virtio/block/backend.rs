@@ -106,6 +106,11 @@ fn path_error(path: &Path, readonly: bool, e: io::Error) -> BlockError {
     }
 }
 
+#[cfg(test)]
+pub(crate) fn path_error_for_test(path: &Path, readonly: bool) -> BlockError {
+    path_error(path, readonly, io::ErrorKind::PermissionDenied.into())
+}
+
 /// `O_DIRECT` alignment (offset, memory) from statx(STATX_DIOALIGN) when the kernel reports it.
 fn statx_dio_align(path: &Path) -> Option<(u64, u64)> {
     let cpath = CString::new(path.as_os_str().as_bytes()).ok()?;
@@ -136,6 +141,33 @@ fn block_device_sector_size(fd: RawFd) -> Option<u64> {
     // SAFETY: BLKSSZGET writes one int to the pointer.
     let ret = unsafe { libc::ioctl(fd, libc::BLKSSZGET, &mut size) };
     (ret == 0 && size > 0).then_some(size as u64)
+}
+
+/// Takes a whole-file OFD lock; Ok(false) if another holder conflicts. File systems without
+/// OFD locks (EINVAL, ENOLCK) count as success: flock already guards kvmrun against kvmrun.
+fn ofd_lock(fd: RawFd, readonly: bool) -> io::Result<bool> {
+    // SAFETY: plain old data; zero is valid.
+    let mut lock: libc::flock = unsafe { std::mem::zeroed() };
+    lock.l_type = if readonly {
+        libc::F_RDLCK
+    } else {
+        libc::F_WRLCK
+    } as libc::c_short;
+    lock.l_whence = libc::SEEK_SET as libc::c_short;
+    // l_start = 0, l_len = 0: the whole file, however it grows.
+    // SAFETY: F_OFD_SETLK reads a struct flock from the pointer.
+    if unsafe { libc::fcntl(fd, libc::F_OFD_SETLK, &lock) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        Some(libc::EINVAL) | Some(libc::ENOLCK) | Some(libc::EOPNOTSUPP) => {
+            log::debug!("no OFD locks on this file system: {e}");
+            Ok(true)
+        }
+        _ => Err(e),
+    }
 }
 
 fn same_inode(a: &File, b: &File) -> io::Result<bool> {
@@ -217,6 +249,18 @@ impl DiskImage {
                     op: "flock",
                     source: e,
                 }
+            });
+        }
+        // QEMU locks images with open file description (OFD) byte-range locks, which do not
+        // interact with flock: take a whole-file OFD lock too (write for read-write, read for
+        // read-only), so a running QEMU is detected here and QEMU detects us.
+        if !ofd_lock(fd, readonly).map_err(|e| BlockError::Io {
+            path: path.to_path_buf(),
+            op: "lock",
+            source: e,
+        })? {
+            return Err(BlockError::InUse {
+                path: path.to_path_buf(),
             });
         }
 
