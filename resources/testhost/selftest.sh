@@ -15,7 +15,7 @@ inner() { # WORKDIR: runs inside the test host
   local work=$1 pass=0 failed=0
   local bz=$SELFTEST_BZIMAGE initrd=$SELFTEST_INITRD dk=$SELFTEST_DISTRO_KERNEL di=$SELFTEST_DISTRO_INITRD
   local disk=$work/disk.img n=0
-  echo "selftest: inside the test host: $(uname -r), $(nproc) CPUs, /dev/kvm $([ -c /dev/kvm ] && echo present || echo MISSING)"
+  echo "selftest: inside the test host: $(uname -r), $(nproc) CPUs, /dev/kvm $([ -c /dev/kvm ] && echo present || echo MISSING), command started $(cut -d' ' -f1 /proc/uptime) s after its kernel"
   dmesg | grep -q "Nested Virtualization enabled" && echo "selftest: dmesg: kvm: Nested Virtualization enabled" ||
     { echo "selftest: FAIL: no 'Nested Virtualization enabled' in dmesg"; failed=$((failed + 1)); }
   # Warm QEMU's binary and libraries (read over 9p) so that the timings below are boot times.
@@ -23,22 +23,38 @@ inner() { # WORKDIR: runs inside the test host
 
   # check NAME WANT_RC WANT_REGEX QEMU-ARGS...: one guest boot; WANT_REGEX must match a line of
   # its console output.
+  # SHELL_INPUT (optional): typed on the guest's console once its shell prompt shows.
+  # console LOG: the log without \r and terminal escapes (SeaBIOS clears the screen on -M pc).
+  console() { tr -d '\r' <"$1" | sed 's/\x1bc//g; s/\x1b\[[0-9;?]*[A-Za-z]//g'; }
   check() {
     local name=$1 want_rc=$2 want=$3 rc=0 t0 t1 log
     shift 3
     n=$((n + 1))
     log=$work/$n-${name// /_}.log
     t0=$(date +%s%N)
-    timeout -k 5 120 qemu-system-x86_64 -accel kvm -cpu host -m 512 -nographic -nodefaults \
-      -no-reboot -serial stdio "$@" </dev/null >"$log" 2>&1 || rc=$?
+    if [ -z "${SHELL_INPUT:-}" ]; then
+      timeout -k 5 120 qemu-system-x86_64 -accel kvm -cpu host -m 512 -nographic -nodefaults \
+        -no-reboot -serial stdio "$@" </dev/null >"$log" 2>&1 || rc=$?
+    else
+      local fifo=$work/console-in pid w i
+      rm -f "$fifo"; mkfifo "$fifo"
+      timeout -k 5 120 qemu-system-x86_64 -accel kvm -cpu host -m 512 -nographic -nodefaults \
+        -no-reboot -serial stdio "$@" <"$fifo" >"$log" 2>&1 &
+      pid=$!
+      exec {w}>"$fifo"
+      for i in $(seq 600); do grep -q 'kvmrun:/# ' "$log" 2>/dev/null && break; sleep 0.2; done
+      printf '%s\n' "$SHELL_INPUT" >&"$w"
+      wait "$pid" || rc=$?
+      exec {w}>&-
+    fi
     t1=$(date +%s%N)
     local ms=$(((t1 - t0) / 1000000))
-    if [ "$rc" = "$want_rc" ] && tr -d '\r' <"$log" | grep -Eq -- "$want"; then
+    if [ "$rc" = "$want_rc" ] && console "$log" | grep -Eq -- "$want"; then
       printf 'selftest: ok   %-58s %6d ms  (qemu exit %s)\n' "$name" "$ms" "$rc"
       pass=$((pass + 1))
     else
       printf 'selftest: FAIL %-58s %6d ms  (qemu exit %s, wanted %s and /%s/)\n' "$name" "$ms" "$rc" "$want_rc" "$want"
-      tr -d '\r' <"$log" | tail -n 25 | sed 's/^/    | /'
+      console "$log" | tail -n 25 | sed 's/^/    | /'
       failed=$((failed + 1))
     fi
   }
@@ -63,7 +79,8 @@ inner() { # WORKDIR: runs inside the test host
     -append "$q -- sh -c 'echo hello-from-guest; exit 5'"
   check "pc: double quotes, 2 vCPUs" 1 '^2$' -M pc -smp 2 "${def[@]}" "${dbg[@]}" \
     -append "$q -- sh -c \"grep -c ^processor /proc/cpuinfo\""
-  check "pc: no command: shell on EOF, then poweroff" 0 '' -M pc "${def[@]}" "${dbg[@]}" -append "$q"
+  SHELL_INPUT='echo from-the-shell; exit' \
+    check "pc: no command: interactive shell, exit, poweroff" 0 '^from-the-shell$' -M pc "${def[@]}" "${dbg[@]}" -append "$q"
   check "pc: virtio-blk ext4, virtio-net, e1000" 1 '^hello-from-disk$' -M pc "${def[@]}" "${dbg[@]}" "${devs[@]}" \
     -append "$q -- sh -c '$probe'"
   grep -q 'eth0 eth1' "$work/$n-"*.log 2>/dev/null ||
@@ -72,7 +89,7 @@ inner() { # WORKDIR: runs inside the test host
     "${dbg[@]}" "${devs[@]}" -append "$q -- sh -c 'cut -d\" \" -f1 /proc/modules | sort | tr \"\n\" \" \"; echo; $probe'"
   grep -q 'eth0 eth1' "$work/$n-"*.log 2>/dev/null ||
     { echo "selftest: FAIL: distro kernel: expected eth0 and eth1"; failed=$((failed + 1)); }
-  echo "selftest: distro guest modules: $(tr -d '\r' <"$work/$n-"*.log | grep -m1 virtio_pci || echo '?')"
+  echo "selftest: distro guest modules: $(console "$work/$n-"*.log | grep -m1 virtio_pci || echo '?')"
 
   echo "selftest: $pass checks passed, $failed failed"
   [ "$failed" = 0 ]
