@@ -60,7 +60,8 @@ fn boot_vm(vm_args: &[&str], script: &str) -> Guest {
         "-- sh -c 'eval \"$(echo {} | base64 -d)\"'",
         base64(script.as_bytes())
     );
-    let mut args = vec!["run", "--append", &append];
+    // The boot report on stderr says how the run ended, should a test fail.
+    let mut args = vec!["run", "--boot-report", "json", "--append", &append];
     args.extend_from_slice(vm_args);
     let t = Instant::now();
     let out = run_kvmrun(&args, BOOT_LIMIT);
@@ -186,7 +187,7 @@ fn command_exit_status_passes_through() {
 #[test]
 #[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
 fn guest_reboot_ends_the_run_with_status_zero() {
-    let g = default_guest(&["--boot-report", "json"], "reboot -f");
+    let g = default_guest(&[], "reboot -f");
     assert_eq!(g.status, Some(0), "{}", g.stderr);
     assert!(
         g.stderr.contains("\"exit_reason\":\"reset\""),
@@ -198,7 +199,7 @@ fn guest_reboot_ends_the_run_with_status_zero() {
 #[test]
 #[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
 fn guest_poweroff_ends_the_run_with_status_zero() {
-    let g = default_guest(&["--boot-report", "json"], "poweroff -f");
+    let g = default_guest(&[], "poweroff -f");
     assert_eq!(g.status, Some(0), "{}", g.stderr);
     assert!(
         g.stderr.contains("\"exit_reason\":\"poweroff\""),
@@ -210,7 +211,7 @@ fn guest_poweroff_ends_the_run_with_status_zero() {
 #[test]
 #[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
 fn boot_report_has_every_milestone() {
-    let g = default_guest(&["--boot-report", "json"], "true");
+    let g = default_guest(&[], "true");
     assert_eq!(g.status, Some(0));
     let line = g
         .stderr
