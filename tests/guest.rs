@@ -78,6 +78,27 @@ fn boot_vm(vm_args: &[&str], script: &str) -> Guest {
     g
 }
 
+/// From the guest's request to stop (reset, S5, debug-exit) to all vCPUs joined and the run
+/// over: under a second, measured by kvmrun's own boot report.
+fn assert_stops_within_a_second(g: &Guest) {
+    let line = g
+        .stderr
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .expect("JSON report");
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    let (stop, exit) = (
+        v["stop_ms"].as_f64().unwrap(),
+        v["exit_ms"].as_f64().unwrap(),
+    );
+    assert!(
+        exit - stop < 1000.0,
+        "stopping took {} ms: {line}",
+        exit - stop
+    );
+}
+
 fn default_guest(extra: &[&str], command: &str) -> Guest {
     boot(
         &artifact("KVMRUN_TEST_BZIMAGE"),
@@ -194,6 +215,7 @@ fn guest_reboot_ends_the_run_with_status_zero() {
         "{}",
         g.stderr
     );
+    assert_stops_within_a_second(&g);
 }
 
 #[test]
@@ -206,6 +228,7 @@ fn guest_poweroff_ends_the_run_with_status_zero() {
         "{}",
         g.stderr
     );
+    assert_stops_within_a_second(&g);
 }
 
 #[test]
