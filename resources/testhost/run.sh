@@ -116,8 +116,12 @@ timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
   -serial stdio -kernel "$kernel" -initrd "$initrd" -append "$append" "${virtfs[@]}" \
   </dev/null >"$run/out" 2>&1 &
 qpid=$!
-trap 'kill "$qpid" 2>/dev/null; exit 130' INT
-trap 'kill "$qpid" 2>/dev/null; exit 143' TERM
+# However run.sh ends (Ctrl-C, kill, a reader that went away: EPIPE, not SIGPIPE, so that this
+# trap runs), QEMU goes with it.
+trap 'kill "$qpid" 2>/dev/null; _cleanup_tmp' EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+trap '' PIPE
 
 # Stream the console: strip \r, hide the marker (and whatever follows it: the power-off), note
 # a panic.
@@ -140,7 +144,6 @@ done <"$run/out"
 
 qrc=0
 wait "$qpid" || qrc=$?
-trap - INT TERM
 if [ -z "$status" ] && [ -s "$run/status" ]; then status=$(cat "$run/status"); fi
 
 if [ "$qrc" = 124 ] || [ "$qrc" = 137 ]; then
