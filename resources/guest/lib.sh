@@ -48,7 +48,7 @@ input_hash() {
 }
 
 _tmp_dirs=()
-_cleanup_tmp() { local d; for d in "${_tmp_dirs[@]}"; do [ -n "$d" ] && rm -rf "$d"; done; }
+_cleanup_tmp() { local d; for d in "${_tmp_dirs[@]}"; do [ -z "$d" ] || rm -rf "$d"; done; return 0; }
 trap _cleanup_tmp EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM

@@ -118,7 +118,7 @@ timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
 qpid=$!
 # However run.sh ends (Ctrl-C, kill, a reader that went away: EPIPE, not SIGPIPE, so that this
 # trap runs), QEMU goes with it.
-trap 'kill "$qpid" 2>/dev/null; _cleanup_tmp' EXIT
+trap 'kill "$qpid" 2>/dev/null || true; _cleanup_tmp' EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
 trap '' PIPE
