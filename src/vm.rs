@@ -92,15 +92,29 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
-    vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
-
     let mem = create_guest_memory(cfg.mem_size)?;
-    register_with_kvm(&vm, &mem)?;
-
     let exit =
         Arc::new(ExitSignal::new().map_err(|e| Error::Device(format!("exit eventfd: {e}")))?);
-    let mut machine = build_devices(cfg, &vm, &mem, &exit, &timeline)?;
-    let boot_entry = load_guest(cfg, &mem, &machine.irq_routes)?;
+
+    // Creating the PIT (KVM starts a kernel thread for it) and registering guest RAM are the
+    // slowest ioctls before boot and depend on nothing below but the irqchip, so they run on a
+    // helper thread while this one loads the kernel and builds the devices.
+    let (kvm_setup, machine) = std::thread::scope(|s| {
+        let kvm_setup = s.spawn(|| -> Result<(), Error> {
+            vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
+            register_with_kvm(&vm, &mem)
+        });
+        let machine = build_devices(cfg, &vm, &mem, &exit, &timeline).and_then(|m| {
+            let entry = load_guest(cfg, &mem, &m.irq_routes)?;
+            Ok((m, entry))
+        });
+        let kvm_setup = kvm_setup
+            .join()
+            .unwrap_or_else(|_| Err(Error::Device("KVM set-up thread panicked".into())));
+        (kvm_setup, machine)
+    });
+    kvm_setup?;
+    let (mut machine, boot_entry) = machine?;
 
     let counters = Arc::new(ExitCounters::default());
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
