@@ -424,3 +424,50 @@ fn root_file_system_on_virtio_blk() {
         "{root}"
     );
 }
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn flushed_data_survives_kill_9_of_kvmrun() {
+    use std::io::{BufRead, BufReader};
+    let dir = scratch_dir("blk-kill9");
+    let img = dir.join("data.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let disk = disk_arg(&img, "");
+    let script = "printf 'durable-%04d\\n' $(seq 0 499) > /tmp/p && dd if=/tmp/p of=/dev/vda bs=4096 conv=fsync 2>/dev/null && echo flushed-and-waiting && sleep 600";
+    let append = format!(
+        "-- sh -c 'eval \"$(echo {} | base64 -d)\"'",
+        base64(script.as_bytes())
+    );
+    let (bz, initrd) = (
+        artifact("KVMRUN_TEST_BZIMAGE"),
+        artifact("KVMRUN_TEST_INITRD"),
+    );
+    let mut child = common::kvmrun()
+        .args([
+            "run", "--kernel", &bz, "--initrd", &initrd, "--disk", &disk, "--append", &append,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("flushed-and-waiting") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let flushed = rx.recv_timeout(BOOT_LIMIT).is_ok();
+    // SIGKILL: no chance for kvmrun to flush anything itself.
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(flushed, "the guest never reported its flush");
+    let expected: String = (0..500).map(|i| format!("durable-{i:04}\n")).collect();
+    let data = std::fs::read(&img).unwrap();
+    assert_eq!(&data[..expected.len()], expected.as_bytes());
+    let _ = std::fs::remove_dir_all(&dir);
+}
