@@ -16,6 +16,18 @@ cargo clippy --workspace --all-targets -- -D warnings
 say "unit tests and tiny payload guests (directly on this machine's /dev/kvm)"
 cargo test --workspace
 
+# The fuzz targets' seed corpora are replayed by `cargo test` above; with a nightly toolchain
+# and cargo-fuzz present, each target also fuzzes for a bounded time so a regression shows.
+if cargo +nightly --version >/dev/null 2>&1 && cargo +nightly fuzz --version >/dev/null 2>&1; then
+  for target in $(cd fuzz && cargo +nightly fuzz list); do
+    say "fuzz $target for ${KVMRUN_FUZZ_SECONDS:-30} s"
+    (cd fuzz && cargo +nightly fuzz run "$target" "$(mktemp -d)" corpus/"$target" -- \
+      -max_total_time="${KVMRUN_FUZZ_SECONDS:-30}" -print_final_stats=1 2>&1 | tail -n 12)
+  done
+else
+  say "fuzzing skipped: needs a nightly toolchain and cargo-fuzz (seed corpora were replayed)"
+fi
+
 say "guest artifacts (cached in ${KVMRUN_CACHE:-$HOME/.cache/kvmrun})"
 read -r bzimage vmlinux < <(bash resources/guest/build-kernel.sh | tail -n1)
 initrd=$(bash resources/guest/build-initramfs.sh | tail -n1)
