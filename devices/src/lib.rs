@@ -14,6 +14,7 @@ pub mod bus;
 pub mod debug_port;
 pub mod i8042;
 pub mod log_once;
+pub mod net;
 pub mod pci;
 pub mod serial;
 pub mod virtio;

@@ -1,0 +1,1 @@
+//! The tap back-end (written by the virtio-net work).
