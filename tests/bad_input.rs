@@ -247,3 +247,40 @@ fn disk_image_in_use_by_another_vm_is_refused() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn disk_image_without_permission_is_named() {
+    let dir = scratch_dir("disk-perm");
+    let k = payload(&dir);
+    let img = dir.join("noperm.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
+    // Root would override file modes: run without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH so the
+    // permission check applies as for any user.
+    let out = std::process::Command::new("setpriv")
+        .args([
+            "--inh-caps=-dac_override,-dac_read_search",
+            "--bounding-set=-dac_override,-dac_read_search",
+            env!("CARGO_BIN_EXE_kvmrun"),
+            "run",
+            "--allow-pvm",
+            "--console",
+            "none",
+            "--kernel",
+            &k,
+            "--disk",
+            &format!("path={}", img.display()),
+        ])
+        .output()
+        .expect("setpriv (util-linux) runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("noperm.img") && err.contains("permission denied"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
