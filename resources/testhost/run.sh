@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# run.sh [--mem MB] [--cpus N] [--timeout SECONDS] [--share DIR]... [--env NAME=VALUE]...
-#        -- COMMAND [ARGS...]
+# run.sh [--mem MB] [--cpus N] [--timeout SECONDS] [--share DIR]... [--disk IMG[:DIR]]...
+#        [--env NAME=VALUE]... -- COMMAND [ARGS...]
 # Runs COMMAND inside the test host: Debian's stock kernel under QEMU TCG (-cpu max: nested SVM,
 # so the test host has a real /dev/kvm), with this machine's root filesystem as its root (9p,
 # read-only, under a throw-away tmpfs overlay: everything is writable, nothing reaches the host),
 # a fresh tmpfs on /tmp, and each --share DIR mounted read-write at the same path (results
-# reach the host there). COMMAND runs as root in the caller's working directory, stdin from
-# /dev/null, with PATH, HOME, every KVMRUN_*, RUST_LOG and RUST_BACKTRACE of the caller and the
-# --env ones; nothing else of the caller's environment.
+# reach the host there). Each --disk IMG (a raw image on this machine) is a virtio disk of the test
+# host with cache=none: O_DIRECT inside reaches this machine's disk past both page caches, which
+# neither the tmpfs /tmp nor a 9p share gives; with :DIR (absolute), the file system on IMG (e.g.
+# ext4 made with mkfs.ext4 -F IMG) is mounted read-write at DIR before COMMAND runs.
+# COMMAND runs as root in the caller's working directory, stdin from /dev/null, with PATH, HOME,
+# every KVMRUN_*, RUST_LOG and RUST_BACKTRACE of the caller and the --env ones; nothing else of
+# the caller's environment.
 # Its output (stdout and stderr, merged) streams live; run.sh exits with COMMAND's status.
 # Failures of the test host itself: 124 timeout (QEMU killed), 125 QEMU failed, the test host
 # panicked, or no exit status came back. KVMRUN_TESTHOST_DEBUG=1: kernel messages and a trace of
@@ -24,7 +28,7 @@ usage() {
 }
 
 mem=4096 cpus=2 timeout=${KVMRUN_TESTHOST_TIMEOUT:-1800}
-shares=() envs=()
+shares=() disks=() envs=()
 while [ $# -gt 0 ]; do
   case $1 in
     --mem) mem=${2:?}; shift 2 ;;
@@ -35,6 +39,8 @@ while [ $# -gt 0 ]; do
     --timeout=*) timeout=${1#*=}; shift ;;
     --share) shares+=("${2:?}"); shift 2 ;;
     --share=*) shares+=("${1#*=}"); shift ;;
+    --disk) disks+=("${2:?}"); shift 2 ;;
+    --disk=*) disks+=("${1#*=}"); shift ;;
     --env) envs+=("${2:?}"); shift 2 ;;
     --env=*) envs+=("${1#*=}"); shift ;;
     --) shift; break ;;
@@ -64,6 +70,18 @@ printf '%s\n' "$nonce" >"$run/nonce"
 # RUST_BACKTRACE of the caller, then --env (which wins).
 cwd=$(pwd -P)
 {
+  if [ ${#disks[@]} -gt 0 ]; then
+    cat <<'SH'
+testhost_mount() { # serial dir
+  for b in /sys/block/vd*; do
+    [ "$(cat "$b/serial" 2>/dev/null)" = "$1" ] || continue
+    mkdir -p "$2" && mount "/dev/${b##*/}" "$2" && return 0
+    echo "testhost: mounting the --disk with serial $1 at $2 failed" >&2; return 1
+  done
+  echo "testhost: no virtio disk with serial $1 in the test host" >&2; return 1
+}
+SH
+  fi
   printf 'export PATH=%s\n' "$(sq "${PATH:-/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin}")"
   printf 'export HOME=%s\n' "$(sq "${HOME:-/root}")"
   while IFS= read -r name; do
@@ -73,6 +91,14 @@ cwd=$(pwd -P)
     name=${kv%%=*}
     [[ $kv == *=* && $name =~ ^[A-Za-z_][A-Za-z0-9_]*$ ]] || die "--env wants NAME=VALUE (got '$kv')"
     printf 'export %s=%s\n' "$name" "$(sq "${kv#*=}")"
+  done
+  # Scratch disks: found by their serial (kvmrun-thdN), mounted before the cd.
+  j=0
+  for d in "${disks[@]}"; do
+    if [[ $d == *:* ]]; then
+      printf 'testhost_mount %s %s || exit 125\n' "kvmrun-thd$j" "$(sq "${d##*:}")"
+    fi
+    j=$((j + 1))
   done
   printf 'cd %s || { echo "testhost: cannot cd to %s inside the test host (under /tmp? use --share)" >&2; exit 125; }\n' \
     "$(sq "$cwd")" "${cwd//[\"\$\`\\]/_}"
@@ -100,6 +126,18 @@ for s in "${shares[@]}"; do
   i=$((i + 1))
 done
 
+drives=()
+i=0
+for d in "${disks[@]}"; do
+  img=$d
+  [[ $d != *:* ]] || img=${d%:*}
+  [ -f "$img" ] || [ -b "$img" ] || die "--disk $img: not a file or block device"
+  [[ ${d##*:} != *$'\n'* ]] || die "--disk: newlines in paths are not supported"
+  drives+=(-drive "file=${img//,/,,},format=raw,if=none,id=thd$i,cache=none,aio=threads"
+    -device "virtio-blk-pci,drive=thd$i,serial=kvmrun-thd$i")
+  i=$((i + 1))
+done
+
 # Under TCG on a busy machine the test host's CPUs stall for seconds at a time: no soft-lockup
 # watchdog and no RCU stall warnings (false alarms there, and noise in the command's output).
 append="console=ttyS0 panic=-1 nowatchdog rcupdate.rcu_cpu_stall_suppress=1"
@@ -113,7 +151,7 @@ log "booting the test host (QEMU TCG, $cpus CPUs, $mem MiB, timeout ${timeout}s)
 # --foreground keeps QEMU in our process group, so a Ctrl-C reaches it.
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
   -accel tcg -cpu max -M q35 -smp "$cpus" -m "$mem" -display none -nodefaults -no-reboot \
-  -serial stdio -kernel "$kernel" -initrd "$initrd" -append "$append" "${virtfs[@]}" \
+  -serial stdio -kernel "$kernel" -initrd "$initrd" -append "$append" "${virtfs[@]}" "${drives[@]}" \
   </dev/null >"$run/out" 2>&1 &
 qpid=$!
 # However run.sh ends (Ctrl-C, kill, a reader that went away: EPIPE, not SIGPIPE, so that this
