@@ -25,7 +25,8 @@ inner() { # WORKDIR: runs inside the test host
   # its console output.
   # SHELL_INPUT (optional): typed on the guest's console once its shell prompt shows.
   # console LOG: the log without \r and terminal escapes (SeaBIOS clears the screen on -M pc).
-  console() { tr -d '\r' <"$1" | sed 's/\x1bc//g; s/\x1b\[[0-9;?]*[A-Za-z]//g'; }
+  # (A \r ends a line too: SeaBIOS leaves "Booting from ROM.." without a newline.)
+  console() { tr '\r' '\n' <"$1" | sed 's/\x1bc//g; s/\x1b\[[0-9;?]*[A-Za-z]//g' | grep -v '^$'; }
   check() {
     local name=$1 want_rc=$2 want=$3 rc=0 t0 t1 log
     shift 3
@@ -36,8 +37,9 @@ inner() { # WORKDIR: runs inside the test host
       timeout -k 5 120 qemu-system-x86_64 -accel kvm -cpu host -m 512 -nographic -nodefaults \
         -no-reboot -serial stdio "$@" </dev/null >"$log" 2>&1 || rc=$?
     else
-      local fifo=$work/console-in pid w i
-      rm -f "$fifo"; mkfifo "$fifo"
+      local fifo pid w i
+      fifo=$(mktemp -u /tmp/selftest-console.XXXXXX) # /tmp: a tmpfs (9p shares refuse fifos)
+      mkfifo "$fifo"
       timeout -k 5 120 qemu-system-x86_64 -accel kvm -cpu host -m 512 -nographic -nodefaults \
         -no-reboot -serial stdio "$@" <"$fifo" >"$log" 2>&1 &
       pid=$!
@@ -46,6 +48,7 @@ inner() { # WORKDIR: runs inside the test host
       printf '%s\n' "$SHELL_INPUT" >&"$w"
       wait "$pid" || rc=$?
       exec {w}>&-
+      rm -f "$fifo"
     fi
     t1=$(date +%s%N)
     local ms=$(((t1 - t0) / 1000000))
