@@ -8,6 +8,9 @@
 # object directory $KVMRUN_CACHE/kernel-obj-<version> is kept).
 # Last line of stdout: "<bzImage> <vmlinux>".
 set -euo pipefail
+# The whole script is one { ... } block: bash parses it completely before running any of it, so
+# editing this file while a build runs (minutes) cannot make the running copy read garbage.
+{
 here=$(cd "$(dirname "$0")" && pwd)
 LOG_NAME=build-kernel
 # shellcheck source=lib.sh
@@ -88,3 +91,5 @@ SRC=$OUT
 cached_build kernel "$key" build_kernel
 log "kernel: $OUT"
 echo "$OUT/bzImage $OUT/vmlinux"
+exit 0
+}
