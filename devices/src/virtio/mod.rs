@@ -1,5 +1,6 @@
 //! virtio devices and the virtio-pci transport (virtio 1.2).
 pub mod block;
+pub mod net;
 pub mod pci_transport;
 use std::sync::Arc;
 
