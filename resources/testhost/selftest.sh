@@ -2,7 +2,8 @@
 # selftest.sh: proves that the guest artifacts and the test host work together, without kvmrun.
 # Builds (or reuses) the default guest kernel + initramfs, the Debian kernel + distro initramfs
 # and a small ext4 disk, then boots the test host once and, inside it, boots the guests with
-# QEMU -accel kvm (real, nested KVM) on -M microvm and -M pc, checking: the command after " -- "
+# QEMU -accel kvm (real, nested KVM) on -M microvm and -M pc (bzImage, and the ELF vmlinux through
+# its PVH note), checking: the command after " -- "
 # runs with its quoting intact, its exit status comes back through the debug-exit port 0x501
 # (QEMU's isa-debug-exit: exit code (status << 1) | 1), boot-complete is written to port 0x502,
 # the no-command path powers off, virtio-blk/virtio-net/e1000 devices show up, and the distro
@@ -13,7 +14,7 @@ set -euo pipefail
 
 inner() { # WORKDIR: runs inside the test host
   local work=$1 pass=0 failed=0
-  local bz=$SELFTEST_BZIMAGE initrd=$SELFTEST_INITRD dk=$SELFTEST_DISTRO_KERNEL di=$SELFTEST_DISTRO_INITRD
+  local bz=$SELFTEST_BZIMAGE vmlinux=$SELFTEST_VMLINUX initrd=$SELFTEST_INITRD dk=$SELFTEST_DISTRO_KERNEL di=$SELFTEST_DISTRO_INITRD
   local disk=$work/disk.img n=0
   echo "selftest: inside the test host: $(uname -r), $(nproc) CPUs, /dev/kvm $([ -c /dev/kvm ] && echo present || echo MISSING), command started $(cut -d' ' -f1 /proc/uptime) s after its kernel"
   dmesg | grep -q "Nested Virtualization enabled" && echo "selftest: dmesg: kvm: Nested Virtualization enabled" ||
@@ -72,6 +73,8 @@ inner() { # WORKDIR: runs inside the test host
     -append "$q -- sh -c 'echo hello-from-guest; exit 0'"
   check "microvm: again (warm)" 1 '^hello-from-guest$' -M microvm "${def[@]}" "${dbg[@]}" \
     -append "$q -- sh -c 'echo hello-from-guest; exit 0'"
+  check "microvm: ELF vmlinux (PVH entry)" 1 '^hello-from-elf$' -M microvm -kernel "$vmlinux" \
+    -initrd "$initrd" "${dbg[@]}" -append "$q -- sh -c 'echo hello-from-elf'"
   check "microvm: debug-exit status 7" 15 '^seven$' -M microvm "${def[@]}" "${dbg[@]}" \
     -append "$q -- sh -c 'echo seven; exit 7'"
   check "microvm: boot-complete write to port 0x502" 3 '' -M microvm "${def[@]}" \
@@ -82,6 +85,8 @@ inner() { # WORKDIR: runs inside the test host
     -append "$q -- sh -c 'echo hello-from-guest; exit 5'"
   check "pc: double quotes, 2 vCPUs" 1 '^2$' -M pc -smp 2 "${def[@]}" "${dbg[@]}" \
     -append "$q -- sh -c \"grep -c ^processor /proc/cpuinfo\""
+  check "pc: console is the legacy 16550 at 0x3f8, IRQ 4" 1 'port:000003F8 irq:4( |$)' -M pc "${def[@]}" "${dbg[@]}" \
+    -append "$q -- cat /proc/tty/driver/serial"
   SHELL_INPUT='echo from-the-shell; exit' \
     check "pc: no command: interactive shell, exit, poweroff" 0 '^from-the-shell$' -M pc "${def[@]}" "${dbg[@]}" -append "$q"
   check "pc: virtio-blk ext4, virtio-net, e1000" 1 '^hello-from-disk$' -M pc "${def[@]}" "${dbg[@]}" "${devs[@]}" \
@@ -107,8 +112,8 @@ main() {
   local here keep=0
   here=$(cd "$(dirname "$0")" && pwd)
   [ "${1:-}" = --keep ] && keep=1
-  local bz initrd dk di work t0
-  read -r bz _ < <(bash "$here/../guest/build-kernel.sh" | tail -n1)
+  local bz vmlinux initrd dk di work t0
+  read -r bz vmlinux < <(bash "$here/../guest/build-kernel.sh" | tail -n1)
   initrd=$(bash "$here/../guest/build-initramfs.sh" | tail -n1)
   read -r dk di < <(bash "$here/../guest/build-distro-initramfs.sh" | tail -n1)
   bash "$here/build.sh" >/dev/null
@@ -120,7 +125,7 @@ main() {
   echo "selftest: booting the test host" >&2
   t0=$(date +%s%N)
   local rc=0
-  bash "$here/run.sh" --timeout 1200 --share "$work" --env SELFTEST_BZIMAGE="$bz" \
+  bash "$here/run.sh" --timeout 1200 --share "$work" --env SELFTEST_BZIMAGE="$bz" --env SELFTEST_VMLINUX="$vmlinux" \
     --env SELFTEST_INITRD="$initrd" --env SELFTEST_DISTRO_KERNEL="$dk" \
     --env SELFTEST_DISTRO_INITRD="$di" -- bash "$here/selftest.sh" --inner "$work" || rc=$?
   echo "selftest: test host run took $((($(date +%s%N) - t0) / 1000000)) ms in all, exit status $rc" >&2
