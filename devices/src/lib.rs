@@ -12,6 +12,7 @@
 pub mod acpi_pm;
 pub mod bus;
 pub mod debug_port;
+pub mod e1000;
 pub mod i8042;
 pub mod log_once;
 pub mod net;
