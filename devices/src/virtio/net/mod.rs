@@ -13,6 +13,9 @@
 //! `virtio_net_hdr_v1` (VIRTIO_F_VERSION_1 is always negotiated on the modern transport),
 //! which is exactly what the tap reads and writes with IFF_VNET_HDR: headers pass through.
 
+#[doc(hidden)]
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 pub mod mock;
 mod processor;
 #[cfg(test)]
