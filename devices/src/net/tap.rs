@@ -396,50 +396,13 @@ mod tests {
 #[cfg(test)]
 pub(crate) mod netns {
     use std::io;
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-    /// Runs `f` on a new thread that first moves into a fresh network namespace of its own
-    /// (`unshare(CLONE_NEWNET)` affects only the calling thread), so nothing done in `f` can
-    /// touch the host's interfaces. Returns `None` (the test should skip) when namespaces are
-    /// not permitted here.
-    pub(crate) fn in_new_netns<T: Send + 'static>(
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> Option<T> {
-        std::thread::spawn(move || {
-            // SAFETY: unshare on the calling thread only; no memory is involved.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                eprintln!(
-                    "skipped: cannot create a network namespace: {}",
-                    io::Error::last_os_error()
-                );
-                return None;
-            }
-            Some(f())
-        })
-        .join()
-        .expect("netns test thread panicked")
-    }
-}
+    /// An EtherType for test frames (IEEE 802 local experimental).
+    pub(crate) const ETHERTYPE: u16 = 0x88b5;
 
-#[cfg(test)]
-mod netns_tests {
-    use super::netns::in_new_netns;
-    use super::*;
-    use std::io::ErrorKind;
-    use std::time::{Duration, Instant};
-
-    const ETHERTYPE: u16 = 0x88b5; // IEEE 802 local experimental
-
-    fn frame(payload: &[u8]) -> Vec<u8> {
-        let mut f = Vec::new();
-        f.extend_from_slice(&[0xff; 6]); // broadcast
-        f.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
-        f.extend_from_slice(&ETHERTYPE.to_be_bytes());
-        f.extend_from_slice(payload);
-        f
-    }
-
-    /// A packet socket bound to `ifname` for our ethertype, with a receive timeout.
-    fn packet_socket(ifname: &str) -> OwnedFd {
+    /// A packet socket bound to `ifname` for [`ETHERTYPE`] frames, with a 2 s receive timeout.
+    pub(crate) fn packet_socket(ifname: &str) -> OwnedFd {
         // SAFETY: plain socket(2), checked.
         let s = unsafe {
             libc::socket(
@@ -484,6 +447,45 @@ mod netns_tests {
             )
         };
         fd
+    }
+
+    /// Runs `f` on a new thread that first moves into a fresh network namespace of its own
+    /// (`unshare(CLONE_NEWNET)` affects only the calling thread), so nothing done in `f` can
+    /// touch the host's interfaces. Returns `None` (the test should skip) when namespaces are
+    /// not permitted here.
+    pub(crate) fn in_new_netns<T: Send + 'static>(
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> Option<T> {
+        std::thread::spawn(move || {
+            // SAFETY: unshare on the calling thread only; no memory is involved.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                eprintln!(
+                    "skipped: cannot create a network namespace: {}",
+                    io::Error::last_os_error()
+                );
+                return None;
+            }
+            Some(f())
+        })
+        .join()
+        .expect("netns test thread panicked")
+    }
+}
+
+#[cfg(test)]
+mod netns_tests {
+    use super::netns::{in_new_netns, packet_socket, ETHERTYPE};
+    use super::*;
+    use std::io::ErrorKind;
+    use std::time::{Duration, Instant};
+
+    fn frame(payload: &[u8]) -> Vec<u8> {
+        let mut f = Vec::new();
+        f.extend_from_slice(&[0xff; 6]); // broadcast
+        f.extend_from_slice(&[0x52, 0x54, 0, 0x12, 0x34, 0x56]);
+        f.extend_from_slice(&ETHERTYPE.to_be_bytes());
+        f.extend_from_slice(payload);
+        f
     }
 
     #[test]
