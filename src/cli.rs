@@ -58,6 +58,11 @@ pub struct RunArgs {
     )]
     pub disks: Vec<DiskSpec>,
 
+    /// A NIC on a tap device: tap=NAME[,model=virtio|e1000][,mac=MAC]. Repeatable. kvmrun opens
+    /// the tap (creating it if it may); run it in the network namespace that holds the tap.
+    #[arg(long = "net", value_name = "tap=NAME[,model=virtio|e1000][,mac=MAC]")]
+    pub nets: Vec<NetSpec>,
+
     /// Number of vCPUs, each run by its own host thread.
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u8).range(1..=254))]
     pub cpus: u8,
@@ -162,6 +167,88 @@ impl FromStr for DiskSpec {
     }
 }
 
+/// The NIC model of a `--net` option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NicModel {
+    /// virtio-net on virtio-pci (virtio 1.2 §5.1).
+    Virtio,
+    /// An emulated Intel 82540EM (PCI 8086:100E).
+    E1000,
+}
+
+/// One `--net` option.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetSpec {
+    pub tap: String,
+    pub model: NicModel,
+    pub mac: Option<[u8; 6]>,
+}
+
+fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in mac.iter_mut() {
+        let p = parts.next()?;
+        if p.len() != 2 {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    // Unicast only: a multicast bit in a station address breaks every receiver.
+    (parts.next().is_none() && mac[0] & 1 == 0).then_some(mac)
+}
+
+impl FromStr for NetSpec {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut spec = NetSpec {
+            tap: String::new(),
+            model: NicModel::Virtio,
+            mac: None,
+        };
+        for part in s.split(',') {
+            let (key, value) = part.split_once('=').ok_or_else(|| {
+                format!("--net '{part}': expected key=value (tap=NAME,model=virtio|e1000,mac=MAC)")
+            })?;
+            match key {
+                // IFNAMSIZ is 16 including the terminating NUL.
+                "tap" if !value.is_empty() && value.len() < 16 && !value.contains('/') => {
+                    spec.tap = value.to_string()
+                }
+                "tap" => {
+                    return Err(format!(
+                        "--net tap={value}: not an interface name (1-15 bytes, no '/')"
+                    ))
+                }
+                "model" => {
+                    spec.model = match value {
+                        "virtio" | "virtio-net" => NicModel::Virtio,
+                        "e1000" => NicModel::E1000,
+                        _ => return Err(format!("--net model={value}: use virtio or e1000")),
+                    }
+                }
+                "mac" => {
+                    spec.mac = Some(parse_mac(value).ok_or_else(|| {
+                        format!(
+                            "--net mac={value}: use six hex bytes like 52:54:00:12:34:56 (unicast)"
+                        )
+                    })?)
+                }
+                _ => {
+                    return Err(format!(
+                        "--net: unknown key '{key}' (keys: tap, model, mac)"
+                    ))
+                }
+            }
+        }
+        if spec.tap.is_empty() {
+            return Err("--net needs tap=NAME".into());
+        }
+        Ok(spec)
+    }
+}
+
 /// A memory size in bytes, parsed from `512M`, `2G`, `1024` (MiB) and the like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemSize(pub u64);
@@ -247,6 +334,32 @@ mod tests {
             "path=/x,serial=123456789012345678901",
         ] {
             assert!(bad.parse::<DiskSpec>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn net_specs_parse() {
+        let n: NetSpec = "tap=tap0,model=e1000,mac=52:54:00:ab:cd:ef"
+            .parse()
+            .unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.model, NicModel::E1000);
+        assert_eq!(n.mac, Some([0x52, 0x54, 0, 0xab, 0xcd, 0xef]));
+        let n: NetSpec = "tap=t1".parse().unwrap();
+        assert_eq!((n.model, n.mac), (NicModel::Virtio, None));
+        for bad in [
+            "",
+            "tap=",
+            "model=e1000",
+            "tap=a/b",
+            "tap=0123456789abcdef",
+            "tap=t,model=rtl8139",
+            "tap=t,mac=52:54:00:ab:cd",
+            "tap=t,mac=01:00:5e:00:00:01",
+            "tap=t,mac=zz:54:00:ab:cd:ef",
+            "tap=t,speed=10",
+        ] {
+            assert!(bad.parse::<NetSpec>().is_err(), "{bad} parsed");
         }
     }
 

@@ -40,6 +40,8 @@ pub enum Error {
     Device(String),
     #[error("{0}")]
     Disk(String),
+    #[error("{0}")]
+    Net(String),
     #[error("console: {0}")]
     Console(#[source] std::io::Error),
     #[error("vCPU {index}: {message}")]

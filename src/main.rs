@@ -70,6 +70,7 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, Error> {
         mem_size: args.memory.0,
         console: args.console.clone(),
         disks: args.disks.clone(),
+        nets: args.nets.clone(),
         allow_pvm: args.allow_pvm,
     };
     let timeline = Arc::new(BootTimeline::new(start));

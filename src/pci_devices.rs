@@ -4,8 +4,11 @@
 use std::sync::{Arc, Mutex};
 
 use devices::bus::{Bus, BusDevice};
+use devices::e1000::E1000;
+use devices::net::tap::Tap;
 use devices::pci::{BarReprogram, PciDevice, PciRoot};
 use devices::virtio::block::{DiskConfig, VirtioBlk};
+use devices::virtio::net::VirtioNet;
 use devices::virtio::pci_transport::{VirtioPciDevice, VIRTIO_BAR};
 use devices::virtio::{GuestMemoryAtomic, VirtioDevice};
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -13,7 +16,7 @@ use kvm_ioctls::{IoEventAddress, NoDatamatch, VmFd};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-use crate::cli::DiskSpec;
+use crate::cli::{DiskSpec, NetSpec, NicModel};
 use crate::error::Error;
 use crate::msi_routing::{DeviceMsiRouter, GsiRouting};
 
@@ -34,11 +37,13 @@ struct PlacedDevice {
     dev: Arc<VirtioPciDevice>,
 }
 
-/// Builds bus 0 with one virtio-blk device per `--disk`, and puts it on the buses.
+/// Builds bus 0 with one virtio-blk device per `--disk` and one NIC per `--net`, and puts it
+/// on the buses.
 pub fn build(
     vm: &Arc<VmFd>,
     mem: &GuestMemoryAtomic,
     disks: &[DiskSpec],
+    nets: &[NetSpec],
     pio: &mut Bus,
     mmio: &mut Bus,
 ) -> Result<PciMachine, Error> {
@@ -51,7 +56,16 @@ pub fn build(
 
     let mut placed = Vec::new();
     let mut intx_resamplers = Vec::new();
-    for (i, disk) in disks.iter().enumerate() {
+    let mut next_slot = 1u8;
+    let mut take_slot = || -> Result<u8, Error> {
+        let slot = next_slot;
+        if slot >= 32 {
+            return Err(dev_err("at most 31 PCI devices".into()));
+        }
+        next_slot += 1;
+        Ok(slot)
+    };
+    for disk in disks {
         let blk = VirtioBlk::new(DiskConfig {
             path: disk.path.clone(),
             readonly: disk.readonly,
@@ -59,13 +73,40 @@ pub fn build(
             serial: disk.serial.clone(),
         })
         .map_err(|e| Error::Disk(e.to_string()))?;
-        let slot = u8::try_from(i + 1)
-            .ok()
-            .filter(|&s| s < 32)
-            .ok_or_else(|| dev_err("at most 31 PCI devices".into()))?;
+        let slot = take_slot()?;
         let (dev, resampler) = add_virtio(vm, mem, &routing, &mut root, slot, Box::new(blk))?;
         intx_resamplers.push(resampler);
         placed.push(PlacedDevice { slot, dev });
+    }
+    for (i, net) in nets.iter().enumerate() {
+        let tap = Tap::open(&net.tap).map_err(|e| Error::Net(e.to_string()))?;
+        let mac = net.mac.unwrap_or_else(|| default_mac(i));
+        let slot = take_slot()?;
+        match net.model {
+            NicModel::Virtio => {
+                let nic = VirtioNet::new(Box::new(tap), mac);
+                let (dev, resampler) =
+                    add_virtio(vm, mem, &routing, &mut root, slot, Box::new(nic))?;
+                intx_resamplers.push(resampler);
+                placed.push(PlacedDevice { slot, dev });
+            }
+            NicModel::E1000 => {
+                let (intx, resample) = intx_irqfd(vm, slot)?;
+                let nic = Arc::new(
+                    E1000::new(mac, mem.clone(), intx, Box::new(tap))
+                        .map_err(|e| dev_err(format!("e1000: {e}")))?,
+                );
+                root.add_device_at(slot, nic.clone())
+                    .map_err(|e| dev_err(format!("PCI slot {slot}: {e}")))?;
+                nic.start_worker()
+                    .map_err(|e| dev_err(format!("e1000 worker: {e}")))?;
+                let n = nic.clone();
+                intx_resamplers.push(IntxResample {
+                    fd: resample,
+                    resample: Box::new(move || n.intx_resample()),
+                });
+            }
+        }
     }
 
     for p in &placed {
@@ -119,20 +160,46 @@ fn add_virtio(
     let vectors = u16::try_from(device.queue_max_sizes().len() + 1)
         .map_err(|_| dev_err("too many virtio queues".into()))?;
     let router = Arc::new(DeviceMsiRouter::new(routing.clone(), vectors)?);
-    let intx = EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err(format!("INTx eventfd: {e}")))?;
-    let resample =
-        EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err(format!("resample eventfd: {e}")))?;
-    // INTA#; PciRoot programs the same GSI into the Interrupt Line register.
-    let gsi = devices::pci::bus::intx_gsi(slot, 0);
-    vm.register_irqfd_with_resample(&intx, &resample, u32::from(gsi))
-        .map_err(|e| dev_err(format!("INTx irqfd for GSI {gsi}: {e}")))?;
+    let (intx, resample) = intx_irqfd(vm, slot)?;
     let dev = Arc::new(
         VirtioPciDevice::new(device, mem.clone(), router, intx)
             .map_err(|e| dev_err(format!("virtio-pci: {e}")))?,
     );
     root.add_device_at(slot, dev.clone())
         .map_err(|e| dev_err(format!("PCI slot {slot}: {e}")))?;
-    Ok((dev.clone(), IntxResample { fd: resample, dev }))
+    let d = dev.clone();
+    Ok((
+        dev,
+        IntxResample {
+            fd: resample,
+            resample: Box::new(move || d.intx_resample()),
+        },
+    ))
+}
+
+/// The level-triggered irqfd (and its resample eventfd) for INTA# of `slot`; PciRoot programs
+/// the same GSI into the device's Interrupt Line register.
+fn intx_irqfd(vm: &VmFd, slot: u8) -> Result<(EventFd, EventFd), Error> {
+    let dev_err = |what: String| Error::Device(what);
+    let intx = EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err(format!("INTx eventfd: {e}")))?;
+    let resample =
+        EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err(format!("resample eventfd: {e}")))?;
+    let gsi = devices::pci::bus::intx_gsi(slot, 0);
+    vm.register_irqfd_with_resample(&intx, &resample, u32::from(gsi))
+        .map_err(|e| dev_err(format!("INTx irqfd for GSI {gsi}: {e}")))?;
+    Ok((intx, resample))
+}
+
+/// A locally administered unicast MAC for NIC `index` when `--net` gives none.
+fn default_mac(index: usize) -> [u8; 6] {
+    [
+        0x52,
+        0x54,
+        0x00,
+        0x12,
+        0x34,
+        0x56u8.wrapping_add(index as u8),
+    ]
 }
 
 fn bar_address(dev: &dyn PciDevice) -> Result<u64, Error> {
@@ -178,13 +245,13 @@ impl devices::pci::bus::PciBarObserver for IoeventfdMover {
 /// device still has an interrupt pending (ISR not zero).
 pub struct IntxResample {
     fd: EventFd,
-    dev: Arc<VirtioPciDevice>,
+    resample: Box<dyn Fn() + Send>,
 }
 
 impl MutEventSubscriber for IntxResample {
     fn process(&mut self, _events: Events, _ops: &mut EventOps) {
         let _ = self.fd.read();
-        self.dev.intx_resample();
+        (self.resample)();
     }
 
     fn init(&mut self, ops: &mut EventOps) {

@@ -41,6 +41,7 @@ pub struct VmConfig {
     pub mem_size: u64,
     pub console: ConsoleMode,
     pub disks: Vec<crate::cli::DiskSpec>,
+    pub nets: Vec<crate::cli::NetSpec>,
     pub allow_pvm: bool,
 }
 
@@ -343,7 +344,8 @@ fn build_devices(
 
     let mut mmio = Bus::new();
     let guest_mem = devices::virtio::GuestMemoryAtomic::new(mem.clone());
-    let pci = crate::pci_devices::build(vm, &guest_mem, &cfg.disks, &mut pio, &mut mmio)?;
+    let pci =
+        crate::pci_devices::build(vm, &guest_mem, &cfg.disks, &cfg.nets, &mut pio, &mut mmio)?;
 
     Ok(Machine {
         pio: Arc::new(pio),
