@@ -40,17 +40,18 @@ export KVMRUN_TEST_ROOTFS=$rootfs
 
 # The guest tests are #[ignore]d in a plain `cargo test` (they need a KVM that runs Linux);
 # here they run with --ignored, one at a time so timings are not skewed by each other.
-guest_tests=$(cargo test --no-run --message-format=json --test guest 2>/dev/null |
-  grep '"kind":\["test"\]' | grep '"name":"guest"' |
-  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p' | tail -n1)
-[ -x "$guest_tests" ] || { echo "run-tests: could not build the guest test binary" >&2; exit 1; }
+# Both guest-booting test binaries (tests/guest.rs, tests/net.rs) run in one test host boot.
+guest_bins=$(cargo test --no-run --message-format=json --test guest --test net 2>/dev/null |
+  grep '"kind":\["test"\]' | grep -E '"name":"(guest|net)"' |
+  sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
+[ "$(echo "$guest_bins" | wc -w)" = 2 ] || { echo "run-tests: could not build the guest test binaries" >&2; exit 1; }
+run_all="set -e; for t in $(echo $guest_bins); do \"\$t\" --ignored --test-threads=1; done"
 
 if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
   say "guest tests: /dev/kvm here is PVM (or no vmx/svm), so they run inside the test host"
   bash resources/testhost/build.sh >/dev/null
-  bash resources/testhost/run.sh --timeout "${KVMRUN_TESTHOST_TIMEOUT:-1500}" -- \
-    "$guest_tests" --ignored --test-threads=1
+  bash resources/testhost/run.sh --timeout "${KVMRUN_TESTHOST_TIMEOUT:-2400}" -- sh -c "$run_all"
 else
   say "guest tests: hardware KVM, running them directly"
-  "$guest_tests" --ignored --test-threads=1
+  sh -c "$run_all"
 fi
