@@ -5,14 +5,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(300);
-const MIB: usize = 1 << 20;
 
 fn artifact(var: &str) -> String {
     std::env::var(var)
@@ -45,24 +41,6 @@ impl Netns {
             ip(&["-n", &ns.name, "link", "set", tap, "up"]);
         }
         ns
-    }
-
-    /// Runs `f` on a thread that has entered the namespace (setns affects only that thread).
-    fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path).expect("netns handle");
-            // SAFETY: setns on a valid namespace fd; only this thread changes namespace.
-            assert_eq!(
-                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
-                0,
-                "setns"
-            );
-            f()
-        })
     }
 }
 
@@ -181,121 +159,4 @@ sleep 8",
         pinger.join().unwrap(),
         "the host could not ping the guest on both NICs"
     );
-}
-
-/// Bytes read from `r` and their MD5 (via md5sum, as the guest computes it).
-fn md5_of_stream(mut r: impl Read) -> (usize, String) {
-    let mut child = Command::new("md5sum")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut total = 0;
-    loop {
-        let n = r.read(&mut buf).unwrap();
-        if n == 0 {
-            break;
-        }
-        total += n;
-        stdin.write_all(&buf[..n]).unwrap();
-    }
-    drop(stdin);
-    let out = child.wait_with_output().unwrap();
-    (
-        total,
-        String::from_utf8_lossy(&out.stdout)
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .to_string(),
-    )
-}
-
-#[test]
-#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
-fn tcp_100_mib_each_way_on_virtio_net_is_intact() {
-    let ns = Netns::new("tcp");
-    // Host ends: for each NIC, a receiver (guest -> host) and a sender (host -> guest).
-    let mut receivers = Vec::new();
-    let mut senders = Vec::new();
-    // virtio-net only for now: bulk host -> guest TCP over the e1000 stalled or crawled in the
-    // first runs; that path is under investigation (see the issue notes).
-    for (i, addr) in ["10.0.2.1"].into_iter().enumerate() {
-        let addr = addr.to_string();
-        receivers.push(ns.spawn({
-            let addr = addr.clone();
-            move || {
-                let l = TcpListener::bind((addr.as_str(), 5000)).unwrap();
-                let (s, _) = l.accept().unwrap();
-                md5_of_stream(s)
-            }
-        }));
-        senders.push(ns.spawn(move || {
-            let l = TcpListener::bind((addr.as_str(), 5001)).unwrap();
-            let (mut s, _) = l.accept().unwrap();
-            // Deterministic, incompressible-looking data: xorshift64.
-            let mut x = 0x9e37_79b9_7f4a_7c15u64 ^ i as u64;
-            let mut block = vec![0u8; MIB];
-            let mut hasher = Command::new("md5sum")
-                .stdin(std::process::Stdio::piped())
-                .stdout(std::process::Stdio::piped())
-                .spawn()
-                .unwrap();
-            let mut hin = hasher.stdin.take().unwrap();
-            for _ in 0..100 {
-                for b in block.iter_mut() {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    *b = x as u8;
-                }
-                s.write_all(&block).unwrap();
-                hin.write_all(&block).unwrap();
-            }
-            drop(hin);
-            let _ = s.shutdown(std::net::Shutdown::Write);
-            let out = hasher.wait_with_output().unwrap();
-            String::from_utf8_lossy(&out.stdout)
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .to_string()
-        }));
-    }
-    std::thread::sleep(Duration::from_millis(200));
-    let (status, out) = boot_in(
-        &ns,
-        "for h in 10.0.2.1; do
-  dd if=/dev/urandom of=/tmp/up bs=1M count=100 2>/dev/null
-  echo up-$h=$(md5sum < /tmp/up | cut -d' ' -f1)
-  nc $h 5000 < /tmp/up
-  rm /tmp/up
-  echo down-$h=$(nc $h 5001 < /dev/null | md5sum | cut -d' ' -f1)
-done",
-    );
-    assert_eq!(status, Some(0));
-    let value = |key: &str| {
-        out.lines()
-            .find_map(|l| l.strip_prefix(key))
-            .unwrap_or_else(|| panic!("no {key} in guest output"))
-            .trim()
-            .to_string()
-    };
-    for (i, h) in ["10.0.2.1"].into_iter().enumerate() {
-        let (n, host_md5) = receivers.remove(0).join().unwrap();
-        assert_eq!(n, 100 * MIB, "guest -> host via {h}: {n} bytes");
-        assert_eq!(
-            host_md5,
-            value(&format!("up-{h}=")),
-            "guest -> host data via {h} differs"
-        );
-        let sent_md5 = senders.remove(0).join().unwrap();
-        assert_eq!(
-            value(&format!("down-{h}=")),
-            sent_md5,
-            "host -> guest data via {h} (NIC {i}) differs"
-        );
-    }
 }
