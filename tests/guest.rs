@@ -55,11 +55,16 @@ fn boot(kernel: &str, initrd: &str, extra: &[&str], script: &str) -> Guest {
 }
 
 /// Runs kvmrun with `vm_args` (kernel and all) and `script` as the init's command.
-fn boot_vm(vm_args: &[&str], script: &str) -> Guest {
-    let append = format!(
+/// The `--append` that makes the default guest's init run the shell `script`.
+fn append_for(script: &str) -> String {
+    format!(
         "-- sh -c 'eval \"$(echo {} | base64 -d)\"'",
         base64(script.as_bytes())
-    );
+    )
+}
+
+fn boot_vm(vm_args: &[&str], script: &str) -> Guest {
+    let append = append_for(script);
     // The boot report on stderr says how the run ended, should a test fail.
     let mut args = vec!["run", "--boot-report", "json", "--append", &append];
     args.extend_from_slice(vm_args);
@@ -433,10 +438,7 @@ fn flushed_data_survives_kill_9_of_kvmrun() {
         .unwrap();
     let disk = disk_arg(&img, "");
     let script = "printf 'durable-%04d\\n' $(seq 0 499) > /tmp/p && dd if=/tmp/p of=/dev/vda bs=4096 conv=fsync 2>/dev/null && echo flushed-and-waiting && sleep 600";
-    let append = format!(
-        "-- sh -c 'eval \"$(echo {} | base64 -d)\"'",
-        base64(script.as_bytes())
-    );
+    let append = append_for(script);
     let (bz, initrd) = (
         artifact("KVMRUN_TEST_BZIMAGE"),
         artifact("KVMRUN_TEST_INITRD"),
