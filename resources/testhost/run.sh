@@ -140,10 +140,19 @@ done
 
 # Under TCG on a busy machine the test host's CPUs stall for seconds at a time: no soft-lockup
 # watchdog and no RCU stall warnings (false alarms there, and noise in the command's output).
-append="console=ttyS0 panic=-1 nowatchdog rcupdate.rcu_cpu_stall_suppress=1"
+append="console=ttyS0 panic=-1"
 # loglevel=1: only emergencies (a panic) from the test host's kernel on the console, which the
 # command's output shares (KVM's "Unhandled WRMSR" and the like stay in dmesg).
-if [ "${KVMRUN_TESTHOST_DEBUG:-0}" = 0 ]; then append+=" quiet loglevel=1"; else append+=" kvmrun.testhost.debug"; fi
+# KVMRUN_TESTHOST_DEBUG=1: every kernel message, the lockup detectors on, and a QEMU monitor
+# socket (the path is logged) for `info registers` and the like on a stuck test host.
+monitor=()
+if [ "${KVMRUN_TESTHOST_DEBUG:-0}" = 0 ]; then
+  append+=" nowatchdog rcupdate.rcu_cpu_stall_suppress=1 quiet loglevel=1"
+else
+  append+=" kvmrun.testhost.debug"
+  monitor=(-monitor "unix:$run/monitor,server,nowait")
+  log "QEMU monitor: socat - UNIX-CONNECT:$run/monitor"
+fi
 
 mkfifo "$run/out"
 log "booting the test host (QEMU TCG, $cpus CPUs, $mem MiB, timeout ${timeout}s):$(printf " %q" "$@")"
@@ -151,7 +160,7 @@ log "booting the test host (QEMU TCG, $cpus CPUs, $mem MiB, timeout ${timeout}s)
 # --foreground keeps QEMU in our process group, so a Ctrl-C reaches it.
 timeout --foreground -k 10 "$timeout" qemu-system-x86_64 \
   -accel tcg -cpu max -M q35 -smp "$cpus" -m "$mem" -display none -nodefaults -no-reboot \
-  -serial stdio -kernel "$kernel" -initrd "$initrd" -append "$append" "${virtfs[@]}" "${drives[@]}" \
+  -serial stdio -kernel "$kernel" -initrd "$initrd" -append "$append" "${virtfs[@]}" "${drives[@]}" "${monitor[@]}" \
   </dev/null >"$run/out" 2>&1 &
 qpid=$!
 # However run.sh ends (Ctrl-C, kill, a reader that went away: EPIPE, not SIGPIPE, so that this
