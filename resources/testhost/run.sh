@@ -61,6 +61,17 @@ read -r kernel initrd < <(bash "$here/build.sh" | tail -n1) || true
 # sq WORD: WORD quoted for any POSIX sh (single quotes; a ' inside becomes '\'').
 sq() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 
+# One test host at a time on this machine: two TCG machines on a 2-core host starve each other
+# into timeouts. Others wait here (KVMRUN_TESTHOST_LOCK=none opts out).
+lock=${KVMRUN_TESTHOST_LOCK:-/tmp/kvmrun-testhost.lock}
+if [ "$lock" != none ]; then
+  exec 9>>"$lock" || die "cannot open the lock file $lock (set KVMRUN_TESTHOST_LOCK)"
+  if ! flock -n 9; then
+    log "waiting for the test host already running on this machine (lock $lock)"
+    flock 9
+  fi
+fi
+
 run=$(mktemp -d "${TMPDIR:-/tmp}/kvmrun-testhost.XXXXXX")
 _tmp_dirs+=("$run")
 nonce=$(od -An -N8 -tx8 /dev/urandom | tr -d ' \n')
