@@ -50,7 +50,7 @@ run_all="set -e; for t in $(echo $guest_bins); do \"\$t\" --ignored --test-threa
 if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
   say "guest tests: /dev/kvm here is PVM (or no vmx/svm), so they run inside the test host"
   bash resources/testhost/build.sh >/dev/null
-  bash resources/testhost/run.sh --timeout "${KVMRUN_TESTHOST_TIMEOUT:-2400}" -- sh -c "$run_all"
+  bash resources/testhost/run.sh --timeout "${KVMRUN_TESTHOST_TIMEOUT:-1800}" -- sh -c "$run_all"
 else
   say "guest tests: hardware KVM, running them directly"
   sh -c "$run_all"

@@ -130,6 +130,9 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
         match vcpu.run() {
             Ok(exit) => {
                 if let Some(reason) = handle_exit(index, exit, &ctx) {
+                    if reason == ExitReason::Fatal {
+                        log::error!("vCPU {index}: {}", describe_state(&vcpu));
+                    }
                     ctx.exit.request(reason);
                 }
             }
@@ -144,6 +147,32 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
     }
     // Leave a clean kvm_run for whoever might run this vCPU again.
     vcpu.set_kvm_immediate_exit(0);
+}
+
+/// The registers that say where a guest died (triple fault, entry failure): one line for the
+/// error report, so that a crash seen once (e.g. only under load) can be diagnosed afterwards.
+fn describe_state(vcpu: &VcpuFd) -> String {
+    match (vcpu.get_regs(), vcpu.get_sregs()) {
+        (Ok(r), Ok(s)) => format!(
+            "state at the stop: rip={:#x} rsp={:#x} rflags={:#x} cs={:#x} cr0={:#x} cr2={:#x} \
+             cr3={:#x} cr4={:#x} efer={:#x} idt={:#x}/{:#x} gdt={:#x}/{:#x} tr={:#x}",
+            r.rip,
+            r.rsp,
+            r.rflags,
+            s.cs.selector,
+            s.cr0,
+            s.cr2,
+            s.cr3,
+            s.cr4,
+            s.efer,
+            s.idt.base,
+            s.idt.limit,
+            s.gdt.base,
+            s.gdt.limit,
+            s.tr.base
+        ),
+        (Err(e), _) | (_, Err(e)) => format!("state at the stop unavailable: {e}"),
+    }
 }
 
 /// Dispatches one exit; returns why the VM must stop, if it must.

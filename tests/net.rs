@@ -5,10 +5,14 @@
 
 mod common;
 
-use std::process::Command;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::os::fd::AsRawFd;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const LIMIT: Duration = Duration::from_secs(300);
+const MIB: usize = 1 << 20;
 
 fn artifact(var: &str) -> String {
     std::env::var(var)
@@ -41,6 +45,24 @@ impl Netns {
             ip(&["-n", &ns.name, "link", "set", tap, "up"]);
         }
         ns
+    }
+
+    /// Runs `f` on a thread that has entered the namespace (setns affects only that thread).
+    fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let fd = std::fs::File::open(&path).expect("netns handle");
+            // SAFETY: setns on a valid namespace fd; only this thread changes namespace.
+            assert_eq!(
+                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
+                0,
+                "setns"
+            );
+            f()
+        })
     }
 }
 
@@ -159,4 +181,149 @@ sleep 8",
         pinger.join().unwrap(),
         "the host could not ping the guest on both NICs"
     );
+}
+
+/// md5sum of everything written to the returned stdin, as the guest's md5sum prints it.
+fn md5_hasher() -> std::process::Child {
+    Command::new("md5sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("md5sum")
+}
+
+fn md5_result(hasher: std::process::Child) -> String {
+    let out = hasher.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Bytes read from `r` until EOF and their MD5.
+fn md5_of_stream(mut r: impl Read) -> (usize, String) {
+    let mut hasher = md5_hasher();
+    let mut stdin = hasher.stdin.take().unwrap();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut total = 0;
+    loop {
+        match r.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => {
+                total += n;
+                stdin.write_all(&buf[..n]).unwrap();
+            }
+        }
+    }
+    drop(stdin);
+    (total, md5_result(hasher))
+}
+
+/// 100 MiB each way over one NIC (`host` is the namespace side of its tap): the guest sends
+/// random data to a receiver here (guest -> host), then receives generated data (host ->
+/// guest); both ends hash what they saw.
+fn tcp_100_mib_each_way(nic: &str, host: &'static str) {
+    let ns = Netns::new("tcp");
+    let receiver = ns.spawn(move || {
+        let l = TcpListener::bind((host, 5000)).unwrap();
+        let (s, _) = l.accept().unwrap();
+        md5_of_stream(s)
+    });
+    let sender = ns.spawn(move || {
+        let l = TcpListener::bind((host, 5001)).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        // Deterministic, incompressible-looking data: xorshift64.
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut block = vec![0u8; MIB];
+        let mut hasher = md5_hasher();
+        let mut hin = hasher.stdin.take().unwrap();
+        for _ in 0..100 {
+            for b in block.iter_mut() {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                *b = x as u8;
+            }
+            s.write_all(&block).unwrap();
+            hin.write_all(&block).unwrap();
+        }
+        drop(hin);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        md5_result(hasher)
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, out) = boot_in(
+        &ns,
+        &format!(
+            "dd if=/dev/urandom of=/tmp/up bs=1M count=100 2>/dev/null
+echo up=$(md5sum < /tmp/up | cut -d' ' -f1)
+nc {host} 5000 < /tmp/up
+rm /tmp/up
+echo down=$(nc {host} 5001 < /dev/null | md5sum | cut -d' ' -f1)
+grep -E '^ *(eth0|eth1):' /proc/net/dev"
+        ),
+    );
+    assert_eq!(status, Some(0), "the guest did not finish ({nic})");
+    let value = |key: &str| {
+        out.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .unwrap_or_else(|| panic!("no {key} in guest output"))
+            .trim()
+            .to_string()
+    };
+    let (n, host_md5) = receiver.join().unwrap();
+    assert_eq!(n, 100 * MIB, "guest -> host over {nic}: {n} bytes");
+    assert_eq!(
+        host_md5,
+        value("up="),
+        "guest -> host data over {nic} differs"
+    );
+    let sent_md5 = sender.join().unwrap();
+    assert_eq!(
+        value("down="),
+        sent_md5,
+        "host -> guest data over {nic} differs"
+    );
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn tcp_100_mib_each_way_over_virtio_net_is_intact() {
+    tcp_100_mib_each_way("virtio-net", "10.0.2.1");
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn tcp_100_mib_each_way_over_e1000_is_intact() {
+    tcp_100_mib_each_way("e1000", "10.0.3.1");
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn link_down_and_up_from_the_guest_keeps_both_nics_working() {
+    let ns = Netns::new("link");
+    let (status, out) = boot_in(
+        &ns,
+        "for n in eth0 eth1; do
+  ip link set $n down
+  echo $n-down=$(cat /sys/class/net/$n/operstate)
+  ip link set $n up
+done
+sleep 2
+for n in eth0 eth1; do echo $n-up=$(cat /sys/class/net/$n/operstate); done
+ping -c 2 -W 2 10.0.2.1 >/dev/null && echo ping-virtio=ok
+ping -c 2 -W 2 10.0.3.1 >/dev/null && echo ping-e1000=ok",
+    );
+    assert_eq!(status, Some(0));
+    for want in [
+        "eth0-down=down",
+        "eth1-down=down",
+        "eth0-up=up",
+        "eth1-up=up",
+        "ping-virtio=ok",
+        "ping-e1000=ok",
+    ] {
+        assert!(out.contains(want), "missing {want}");
+    }
 }
