@@ -145,6 +145,14 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
             }
         }
     }
+    // Stopped from outside (SIGTERM, SIGINT, a test's time limit): where the guest was says
+    // why it had not finished (a hang, a busy loop, waiting for an interrupt).
+    if let Some(sig) = crate::termination::received() {
+        log::warn!(
+            "vCPU {index} stopped by signal {sig}: {}",
+            describe_state(&vcpu)
+        );
+    }
     // Leave a clean kvm_run for whoever might run this vCPU again.
     vcpu.set_kvm_immediate_exit(0);
 }

@@ -51,6 +51,16 @@ pub fn wait_with_limit(mut child: std::process::Child, limit: Duration) -> Outpu
             break status;
         }
         if std::time::Instant::now() > deadline {
+            // SIGTERM first: kvmrun then stops its vCPUs, logs where each one was and flushes
+            // the console, which tells a hung guest from a slow one. SIGKILL if that hangs too.
+            // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            let term_deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while child.try_wait().ok().flatten().is_none()
+                && std::time::Instant::now() < term_deadline
+            {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = child.kill();
             let _ = child.wait();
             panic!(
