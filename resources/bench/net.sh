@@ -67,12 +67,18 @@ for c in qemu-system-x86_64 python3 ip; do
 done
 [ "$(id -u)" = 0 ] || { echo "net.sh: needs root (ip netns add, taps)" >&2; exit 1; }
 
-work=$(mktemp -d "${TMPDIR:-/tmp}/kvmrun-netbench.XXXXXX")
+# Logs (guest consoles, the server's) go next to --out when given, to be read afterwards.
+if [ -n "$out" ]; then
+  work=$out.logs
+  rm -rf "$work" && mkdir -p "$work"
+else
+  work=$(mktemp -d "${TMPDIR:-/tmp}/kvmrun-netbench.XXXXXX")
+fi
 ns=kvmrun-netbench-$$
 cleanup() {
   [ -z "${server:-}" ] || kill "$server" 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
-  rm -rf "$work"
+  [ -n "$out" ] || rm -rf "$work"
 }
 trap cleanup EXIT
 ip netns add "$ns"
@@ -135,10 +141,10 @@ guest_script=$(cat <<SH
 ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 || exit 1
 ping -c 3 -W 5 10.0.2.1 >/dev/null || exit 1
 ctl() { echo "\$1 \$2" | nc 10.0.2.1 5002; }
-ctl g2h 1; dd if=/dev/zero bs=1M count=$mib 2>/dev/null | nc 10.0.2.1 5000
-ctl g2h4 4; for i in 1 2 3 4; do dd if=/dev/zero bs=1M count=$((mib / 4)) 2>/dev/null | nc 10.0.2.1 5000 & done; wait
-ctl h2g 1; nc 10.0.2.1 5001 </dev/null >/dev/null
-echo "@@RR \$(ping -c 20 -i 0.2 10.0.2.1 | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n | sed -n 10p)"
+echo @@STEP g2h; ctl g2h 1; dd if=/dev/zero bs=1M count=$mib 2>/dev/null | nc 10.0.2.1 5000
+echo @@STEP g2h4; ctl g2h4 4; for i in 1 2 3 4; do dd if=/dev/zero bs=1M count=$((mib / 4)) 2>/dev/null | nc 10.0.2.1 5000 & done; wait
+echo @@STEP h2g; ctl h2g 1; nc 10.0.2.1 5001 </dev/null >/dev/null
+echo @@STEP rr; echo "@@RR \$(ping -c 20 -i 0.2 10.0.2.1 | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n | sed -n 10p)"
 echo "@@PKTS \$(awk '/eth0:/ { sub(/.*eth0:/, ""); print \$2 + \$10 }' /proc/net/dev)"
 t=\$(stty -g) && stty "\$t"
 SH
@@ -155,11 +161,12 @@ run_kvmrun() { # NIC
   local model=$1 t0 t1 pid ticks=0
   t0=$(date +%s.%N)
   # sh records its pid and becomes kvmrun (exec), so that /proc/PID/stat is kvmrun's.
+  rm -f "$work/pid"
   ip netns exec "$ns" sh -c 'echo $$ >"$0"; exec "$@"' "$work/pid" "$kvmrun" run --memory 512M \
     --kernel "$bz" --initrd "$initrd" --cmdline "$cmdline" --net "tap=tap0,model=$model" \
     --console stdio --log-level info </dev/null >"$work/guest.log" 2>&1 &
-  sleep 0.2
-  pid=$(cat "$work/pid")
+  pid=
+  while [ -z "$pid" ]; do sleep 0.1; pid=$(cat "$work/pid" 2>/dev/null || true); done
   # CPU time of kvmrun (all its threads), sampled until it exits; killed past the limit.
   while kill -0 "$pid" 2>/dev/null; do
     ticks=$(awk '{ print $14 + $15 }' "/proc/$pid/stat" 2>/dev/null || echo "$ticks")
