@@ -46,7 +46,7 @@ if [ -z "${KVMRUN_BENCH_INNER:-}" ] && { [ -e /sys/module/kvm_pvm ] || ! grep -q
   if [ -n "$out" ]; then share=(--share "$(dirname "$out")"); fi
   echo "net benchmark: inside the test host (QEMU TCG, nested SVM): compare ratios, not absolutes" >&2
   rc=0
-  bash "$here/testhost/run.sh" --timeout 3000 "${share[@]}" --env KVMRUN_BENCH_INNER=1 \
+  bash "$here/testhost/run.sh" --timeout 3000 ${KVMRUN_BENCH_TESTHOST_CPUS:+--cpus "$KVMRUN_BENCH_TESTHOST_CPUS"} "${share[@]}" --env KVMRUN_BENCH_INNER=1 \
     --env KVMRUN_BENCH_KERNEL="$bz" --env KVMRUN_BENCH_INITRD="$initrd" \
     -- bash "$0" "$runs" --mib "${mib:-4}" ${out:+--out "$out"} || rc=$?
   exit "$rc"
@@ -100,6 +100,7 @@ def listener(port):
     l.listen(16)
     return l
 sink, source, ctl = listener(5000), listener(5001), listener(5002)
+print("@@READY", flush=True)
 block = bytes(range(256)) * 4096  # 1 MiB
 def sink_one(c, out):
     n = 0
@@ -131,10 +132,24 @@ while True:
         threads.append(t)
     for t in threads:
         t.join()
-    print(f"@@NET {test} {sum(n for n, _ in out)} {max(e for _, e in out) - t0:.6f}", flush=True)
+    end = max(e for _, e in out)
+    if test.startswith("h2g"):
+        # Sent is not received: the guest says when it has read everything (its FIN came
+        # first, as its nc had nothing to send).
+        c, _ = ctl.accept()
+        c.recv(64)
+        c.close()
+        end = time.monotonic()
+    print(f"@@NET {test} {sum(n for n, _ in out)} {end - t0:.6f}", flush=True)
 PY
 server=$!
-sleep 1
+# Python's first start can take seconds (in the test host it loads over 9p).
+for _ in $(seq 600); do
+  grep -q '^@@READY' "$work/server.log" 2>/dev/null && break
+  kill -0 "$server" 2>/dev/null || { echo "net.sh: the host end failed:" >&2; cat "$work/server.log" >&2; exit 1; }
+  sleep 0.1
+done
+grep -q '^@@READY' "$work/server.log" || { echo "net.sh: the host end did not start in 60 s" >&2; exit 1; }
 
 # The guest's script. "ctl TEST N" announces a test to the server.
 guest_script=$(cat <<SH
@@ -143,7 +158,7 @@ ping -c 3 -W 5 10.0.2.1 >/dev/null || exit 1
 ctl() { echo "\$1 \$2" | nc 10.0.2.1 5002; }
 echo @@STEP g2h; ctl g2h 1; dd if=/dev/zero bs=1M count=$mib 2>/dev/null | nc 10.0.2.1 5000
 echo @@STEP g2h4; ctl g2h4 4; for i in 1 2 3 4; do dd if=/dev/zero bs=1M count=$((mib / 4)) 2>/dev/null | nc 10.0.2.1 5000 & done; wait
-echo @@STEP h2g; ctl h2g 1; nc 10.0.2.1 5001 </dev/null >/dev/null
+echo @@STEP h2g; ctl h2g 1; nc 10.0.2.1 5001 </dev/null >/dev/null; ctl done 0
 echo @@STEP rr; echo "@@RR \$(ping -c 20 -i 0.2 10.0.2.1 | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n | sed -n 10p)"
 echo "@@PKTS \$(awk '/eth0:/ { sub(/.*eth0:/, ""); print \$2 + \$10 }' /proc/net/dev)"
 t=\$(stty -g) && stty "\$t"
@@ -158,13 +173,14 @@ results=$work/results # lines: vmm nic run metric value
 # A guest that hangs is killed after this long.
 limit=${KVMRUN_BENCH_NET_LIMIT:-900}
 run_kvmrun() { # NIC
-  local model=$1 t0 t1 pid ticks=0
+  local model=$1 t0 t1 pid job ticks=0
   t0=$(date +%s.%N)
   # sh records its pid and becomes kvmrun (exec), so that /proc/PID/stat is kvmrun's.
   rm -f "$work/pid"
   ip netns exec "$ns" sh -c 'echo $$ >"$0"; exec "$@"' "$work/pid" "$kvmrun" run --memory 512M \
     --kernel "$bz" --initrd "$initrd" --cmdline "$cmdline" --net "tap=tap0,model=$model" \
     --console stdio --log-level info </dev/null >"$work/guest.log" 2>&1 &
+  job=$!
   pid=
   while [ -z "$pid" ]; do sleep 0.1; pid=$(cat "$work/pid" 2>/dev/null || true); done
   # CPU time of kvmrun (all its threads), sampled until it exits; killed past the limit.
@@ -176,7 +192,7 @@ run_kvmrun() { # NIC
     fi
     sleep 0.2
   done
-  wait || true
+  wait "$job" || true
   t1=$(date +%s.%N)
   echo "@@CPU $(awk -v t="$ticks" -v hz="$(getconf CLK_TCK)" -v a="$t0" -v b="$t1" \
     'BEGIN { printf "%.1f", 100 * t / hz / (b - a) }')"
