@@ -22,6 +22,7 @@ pub mod serial;
 pub mod serial_fuzz;
 pub mod virtio;
 pub mod vm_exit;
+pub mod worker_hook;
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -89,6 +89,8 @@ pub enum PayloadEnd {
     TripleFault,
     /// Halts with interrupts off: never comes back on its own.
     Hang,
+    /// Writes byte `value` to `port`, then halts like `Hang`.
+    OutByte(u16, u8),
 }
 
 /// Address the payload is linked and loaded at: 1 MiB, where kvmrun loads ELF kernels.
@@ -127,6 +129,10 @@ pub fn payload_code(message: &[u8], boot_complete: bool, end: PayloadEnd) -> Vec
         }
         PayloadEnd::TripleFault => code.extend_from_slice(&[0x0F, 0x0B]),
         PayloadEnd::Hang => {}
+        PayloadEnd::OutByte(port, value) => {
+            let [lo, hi] = port.to_le_bytes();
+            code.extend_from_slice(&[0x66, 0xBA, lo, hi, 0xB0, value, 0xEE]) // out port, value
+        }
     }
     let hlt = code.len();
     code.push(0xF4); // hlt
