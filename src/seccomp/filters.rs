@@ -101,6 +101,9 @@ fn common(rules: &mut Rules) {
             libc::SYS_getpid,
             // A panic with panic=abort raises SIGABRT on itself.
             libc::SYS_tgkill,
+            // The first HashMap of a thread seeds its hasher (device activation on a vCPU
+            // thread builds the worker's event manager).
+            libc::SYS_getrandom,
             libc::SYS_epoll_wait,
             libc::SYS_epoll_pwait,
             libc::SYS_epoll_ctl,
