@@ -127,10 +127,23 @@ fn thread_creation(rules: &mut Rules) {
             libc::SYS_sched_getaffinity,
         ],
     );
-    // The new thread names itself (PR_SET_NAME) and nothing else.
+    // The new thread names itself (PR_SET_NAME); a new worker then installs its own filter
+    // (PR_SET_NO_NEW_PRIVS, then seccomp SECCOMP_SET_MODE_FILTER), which can only take
+    // permissions away.
     rules.insert(
         libc::SYS_prctl,
-        vec![arg_eq(0, SeccompCmpArgLen::Dword, libc::PR_SET_NAME as u64)],
+        vec![
+            arg_eq(0, SeccompCmpArgLen::Dword, libc::PR_SET_NAME as u64),
+            arg_eq(0, SeccompCmpArgLen::Dword, libc::PR_SET_NO_NEW_PRIVS as u64),
+        ],
+    );
+    rules.insert(
+        libc::SYS_seccomp,
+        vec![arg_eq(
+            0,
+            SeccompCmpArgLen::Dword,
+            u64::from(libc::SECCOMP_SET_MODE_FILTER),
+        )],
     );
 }
 
@@ -155,6 +168,10 @@ fn worker_io(rules: &mut Rules) {
             libc::SYS_poll,
             libc::SYS_epoll_create1,
             libc::SYS_eventfd2,
+            // virtio-net's retry timer (created at activation, armed by the worker).
+            libc::SYS_timerfd_create,
+            libc::SYS_timerfd_settime,
+            libc::SYS_timerfd_gettime,
             // EventFd::try_clone (F_DUPFD_CLOEXEC) and O_NONBLOCK on the tap.
             libc::SYS_fcntl,
         ],

@@ -8,7 +8,9 @@
 //! A forbidden call is trapped (SECCOMP_RET_TRAP): the kernel does not run it and sends SIGSYS
 //! to the thread, whose handler prints one line
 //! `kvmrun: seccomp: thread vcpu0 made forbidden syscall 257 (openat)` and ends the process
-//! with status 159 (128 + SIGSYS, what a shell shows for a SIGSYS death).
+//! with status 159 (128 + SIGSYS, what a shell shows for a SIGSYS death). A call made while the
+//! thread blocks SIGSYS (glibc blocks every signal inside `pthread_create`) cannot reach the
+//! handler: the kernel then kills the process with SIGSYS (still 159 to a shell, no line).
 //! SECCOMP_RET_KILL_PROCESS would be as safe (the call never runs either way) but leaves only
 //! "Bad system call" with no thread or syscall named, which is what one needs to fix a list
 //! or to recognise an attack. The handler cannot be removed afterwards: rt_sigaction is in
@@ -26,6 +28,7 @@ use std::sync::OnceLock;
 
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter, TargetArch};
 
+pub use filters::KVM_RUN;
 pub use syscall_names::syscall_name;
 
 /// The kinds of thread in a running VM, each with its own filter.
