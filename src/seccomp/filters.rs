@@ -8,6 +8,10 @@
 //! a call must pass both. Device workers are started from a vCPU thread (the guest's DRIVER_OK
 //! write activates the device), so the vCPU list has to include what workers need; each worker
 //! then adds the narrower worker filter, which is what confines it.
+//!
+//! A new code path on a filtered thread (an API socket, a new device back-end) needs its calls
+//! added here; a miss ends kvmrun with the one-line report naming thread and call, which the
+//! payload tests, `tests/seccomp.rs` and the guest tests in the test host would show.
 
 use std::collections::BTreeMap;
 
