@@ -20,3 +20,28 @@ pub fn worker_started(name: &str) {
         hook(name);
     }
 }
+
+/// For the device tests: a hook that records which worker called it, on which thread.
+#[cfg(test)]
+pub(crate) mod recorder {
+    use std::sync::Mutex;
+
+    static SEEN: Mutex<Vec<(String, Option<String>)>> = Mutex::new(Vec::new());
+
+    fn record(name: &str) {
+        let thread = std::thread::current().name().map(String::from);
+        crate::lock(&SEEN).push((name.to_string(), thread));
+    }
+
+    /// Installs the recording hook (once per test process; later calls change nothing).
+    pub(crate) fn install() {
+        super::set(record);
+    }
+
+    /// Whether worker `name` ran the hook on its own thread (named `name`).
+    pub(crate) fn saw(name: &str) -> bool {
+        crate::lock(&SEEN)
+            .iter()
+            .any(|(n, t)| n == name && t.as_deref() == Some(name))
+    }
+}

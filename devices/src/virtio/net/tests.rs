@@ -1048,6 +1048,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn worker_moves_frames_both_ways_and_survives_reset() {
+    crate::worker_hook::recorder::install();
     let g = Guest::new();
     let (b, h) = MockBackend::new();
     let mut dev = VirtioNet::new(Box::new(b), MAC);
@@ -1066,6 +1067,10 @@ fn worker_moves_frames_both_ways_and_survives_reset() {
                 .map(|c| c.trim() == "virtio-net")
                 .unwrap_or(false)
         })
+    });
+    // The worker runs the VMM's start hook (kvmrun's seccomp filter) on its own thread.
+    wait_until("the worker start hook", || {
+        crate::worker_hook::recorder::saw("virtio-net")
     });
 
     for round in 0..2u8 {
