@@ -43,7 +43,9 @@ fn a_halted_guest_uses_under_two_percent_of_a_core() {
     );
 }
 
-/// The measurement can fail: a guest that keeps exiting to kvmrun is far above the bound.
+/// The measurement can fail: a guest that keeps exiting to kvmrun is measured above the bound.
+/// (It uses a whole core on an idle host; tests run niced on a shared machine, so only the
+/// bound itself is asserted.)
 #[test]
 fn a_busy_guest_is_measured_as_busy() {
     let dir = scratch_dir("busy");
@@ -58,7 +60,7 @@ fn a_busy_guest_is_measured_as_busy() {
     std::thread::sleep(Duration::from_millis(500));
     let before = proc_use(pid);
     let t = Instant::now();
-    std::thread::sleep(Duration::from_secs(1));
+    std::thread::sleep(Duration::from_secs(2));
     let after = proc_use(pid);
     let elapsed = t.elapsed().as_secs_f64();
     let _ = child.kill();
@@ -66,5 +68,9 @@ fn a_busy_guest_is_measured_as_busy() {
     let _ = std::fs::remove_dir_all(&dir);
     let share =
         (after.cpu_ticks - before.cpu_ticks) as f64 / clock_ticks_per_second() as f64 / elapsed;
-    assert!(share > 0.1, "busy guest measured at {:.1} %", share * 100.0);
+    assert!(
+        share > MAX_IDLE_SHARE,
+        "busy guest measured at {:.1} %",
+        share * 100.0
+    );
 }
