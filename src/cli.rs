@@ -87,6 +87,17 @@ pub struct RunArgs {
     /// this machine's /dev/kvm: the way to boot a Linux guest where /dev/kvm is PVM.
     #[arg(long)]
     pub testhost: bool,
+
+    /// seccomp filters on every VM thread (vCPUs, device workers, main): `off` only to debug,
+    /// e.g. to strace a new code path.
+    #[arg(long, default_value = "on", value_name = "on|off")]
+    pub seccomp: SeccompMode,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SeccompMode {
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

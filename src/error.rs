@@ -52,6 +52,8 @@ pub enum Error {
     TestHost(String),
     #[error("event loop: {0}")]
     EventLoop(String),
+    #[error("seccomp: {0} (--seccomp=off runs without filters)")]
+    Seccomp(#[from] crate::seccomp::SeccompError),
 }
 
 impl Error {

@@ -9,6 +9,8 @@ mod memory;
 mod msi_routing;
 mod pci_devices;
 mod resources;
+mod seccomp;
+mod seccomp_probe;
 mod termination;
 mod testhost;
 mod vcpu;
@@ -73,6 +75,9 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, Error> {
         nets: args.nets.clone(),
         allow_pvm: args.allow_pvm,
     };
+    if args.seccomp == cli::SeccompMode::On {
+        seccomp::enable()?;
+    }
     let timeline = Arc::new(BootTimeline::new(start));
     let outcome = vm::run(&cfg, timeline.clone())?;
     if outcome.reason == "vcpu-error" {

@@ -123,6 +123,12 @@ pub fn spawn(index: u8, vcpu: VcpuFd, ctx: VcpuContext) -> Result<JoinHandle<()>
 }
 
 fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
+    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Vcpu, &format!("vcpu{index}"))
+    {
+        log::error!("vCPU {index}: {e}");
+        ctx.exit.request(ExitReason::Fatal);
+        return;
+    }
     if index == 0 {
         ctx.timeline.kernel_entry();
     }

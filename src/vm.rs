@@ -163,6 +163,12 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
         }
     }
 
+    // Every thread that needs more than the main thread's syscalls runs by now.
+    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Main, "main") {
+        exit.request(ExitReason::Fatal);
+        stop_vcpus(threads);
+        return Err(e.into());
+    }
     let loop_result = event_loop.run_until_exit(&exit);
     timeline.stop();
     // The loop also ends on a host signal, which devices know nothing of: make the stop
@@ -341,6 +347,10 @@ fn build_devices(
         2,
         Arc::new(AcpiSleepControl::new(exit.clone())),
     )?;
+
+    if let Some(probe) = crate::seccomp_probe::from_env() {
+        insert(&mut pio, crate::seccomp_probe::PORT, 1, probe)?;
+    }
 
     let mut mmio = Bus::new();
     let guest_mem = devices::virtio::GuestMemoryAtomic::new(mem.clone());

@@ -57,12 +57,17 @@ pub fn load_initrd<M: GuestMemoryBackend>(
         return Err(Error::EmptyInitrd);
     }
     let limit = initrd_limit(kernel, mem_size);
-    let kernel_end = kernel.kernel_end.next_multiple_of(PAGE_SIZE);
     let does_not_fit = || Error::InitrdDoesNotFit {
         size_mib: size.div_ceil(1 << 20),
         limit,
         kernel_end: kernel.kernel_end,
     };
+    // kernel_end comes from the kernel file (a bzImage's pref_address + init_size) and may be
+    // near 2^64 (found by the kernel_loader fuzz target: rounding it up overflowed).
+    let kernel_end = kernel
+        .kernel_end
+        .checked_next_multiple_of(PAGE_SIZE)
+        .ok_or_else(does_not_fit)?;
     let addr = limit
         .checked_sub(size)
         .map(|a| a & !(PAGE_SIZE - 1))
@@ -144,6 +149,18 @@ mod tests {
         // Larger than all of memory.
         let data = vec![1u8; 40 << 20];
         assert!(load_initrd(&m, &mut file_with(&data), &elf_kernel(0x100_0000), 32 << 20).is_err());
+    }
+
+    #[test]
+    fn a_kernel_ending_near_the_top_of_the_address_space_leaves_no_room() {
+        let m = mem(32 << 20);
+        for end in [u64::MAX, u64::MAX - 4095, 1 << 40] {
+            let e = load_initrd(&m, &mut file_with(&[1u8; 4096]), &elf_kernel(end), 32 << 20);
+            assert!(
+                matches!(e, Err(Error::InitrdDoesNotFit { .. })),
+                "{end:#x}: {e:?}"
+            );
+        }
     }
 
     #[test]

@@ -174,6 +174,16 @@ fn load_elf<M: GuestMemoryBackend>(
             source,
         }
     })?;
+    // linux-loader only checks the entry against HIMEM_START. An entry outside the loaded
+    // segments (e.g. past the end of RAM) would start the vCPU on no code at all: the guest
+    // would triple-fault with nothing to say why. (Found by the kernel_loader fuzz target.)
+    let entry = r.kernel_load.0;
+    if entry >= r.kernel_end || !mem.address_in_range(r.kernel_load) {
+        return Err(Error::UnsupportedKernel(format!(
+            "ELF entry point {entry:#x} is not inside the loaded segments (which end at {:#x}) or not in guest RAM",
+            r.kernel_end
+        )));
+    }
     Ok(LoadedKernel {
         format: KernelFormat::Elf,
         entry: r.kernel_load,
@@ -359,6 +369,19 @@ pub(crate) mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("truncated"), "{e}");
+    }
+
+    #[test]
+    fn rejects_elf_entry_outside_its_segments_or_ram() {
+        let m = mem(64 << 20);
+        for entry in [0x1_0000_0000u64, 0x20_1000] {
+            let mut elf = tiny_elf(0x20_0000, b"\xf4\xeb\xfd", 0x1000);
+            elf[24..32].copy_from_slice(&entry.to_le_bytes()); // e_entry
+            let err = load_kernel(&m, &mut file_with(&elf))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("entry point"), "{err}");
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 pub mod acpi;
 pub mod cpu;
 pub mod error;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
 pub mod gdt;
 pub mod initrd;
 pub mod kernel;

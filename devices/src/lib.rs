@@ -18,8 +18,11 @@ pub mod log_once;
 pub mod net;
 pub mod pci;
 pub mod serial;
+#[cfg(any(test, feature = "fuzz"))]
+pub mod serial_fuzz;
 pub mod virtio;
 pub mod vm_exit;
+pub mod worker_hook;
 
 use std::sync::{Mutex, MutexGuard};
 

@@ -99,6 +99,10 @@ pub enum PayloadEnd {
     TripleFault,
     /// Halts with interrupts off: never comes back on its own.
     Hang,
+    /// Writes byte `value` to `port`, then halts like `Hang`.
+    OutByte(u16, u8),
+    /// Writes to `port` in an endless loop: one VM exit per iteration, for as long as it runs.
+    OutLoop(u16),
 }
 
 /// Address the payload is linked and loaded at: 1 MiB, where kvmrun loads ELF kernels.
@@ -137,6 +141,15 @@ pub fn payload_code(message: &[u8], boot_complete: bool, end: PayloadEnd) -> Vec
         }
         PayloadEnd::TripleFault => code.extend_from_slice(&[0x0F, 0x0B]),
         PayloadEnd::Hang => {}
+        PayloadEnd::OutLoop(port) => {
+            let [lo, hi] = port.to_le_bytes();
+            code.extend_from_slice(&[0x66, 0xBA, lo, hi]); // mov dx, port
+            code.extend_from_slice(&[0xEE, 0xEB, 0xFD]); // top: out dx, al; jmp top
+        }
+        PayloadEnd::OutByte(port, value) => {
+            let [lo, hi] = port.to_le_bytes();
+            code.extend_from_slice(&[0x66, 0xBA, lo, hi, 0xB0, value, 0xEE]) // out port, value
+        }
     }
     let hlt = code.len();
     code.push(0xF4); // hlt
@@ -196,4 +209,54 @@ pub fn write_payload(
     std::fs::write(&path, elf64(&payload_code(message, boot_complete, end)))
         .expect("write payload");
     path
+}
+
+/// A process's resource use, read from /proc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcUse {
+    /// utime + stime, in clock ticks.
+    pub cpu_ticks: u64,
+    pub rss_kib: u64,
+    pub threads: u64,
+    pub fds: u64,
+}
+
+/// Reads `pid`'s CPU time, RSS, threads and open descriptors.
+pub fn proc_use(pid: u32) -> ProcUse {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // Fields after the command name (which may contain spaces), from field 3 on.
+    let rest = &stat[stat.rfind(')').expect("comm") + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let num = |i: usize| {
+        f[i - 3]
+            .parse::<u64>()
+            .expect("numeric /proc/PID/stat field")
+    };
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc/PID/status");
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("{name} missing in /proc/{pid}/status"))
+    };
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("/proc/PID/fd")
+        .count() as u64;
+    ProcUse {
+        // proc(5): utime is field 14, stime field 15.
+        cpu_ticks: num(14) + num(15),
+        rss_kib: field("VmRSS:"),
+        threads: field("Threads:"),
+        fds,
+    }
+}
+
+/// Clock ticks per second (for `ProcUse::cpu_ticks`).
+pub fn clock_ticks_per_second() -> u64 {
+    // SAFETY: sysconf has no memory-safety preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    assert!(t > 0, "sysconf(_SC_CLK_TCK)");
+    t as u64
 }

@@ -783,7 +783,10 @@ impl E1000 {
         *w = Some(
             std::thread::Builder::new()
                 .name("e1000".into())
-                .spawn(move || worker_loop(&shared))?,
+                .spawn(move || {
+                    crate::worker_hook::worker_started("e1000");
+                    worker_loop(&shared)
+                })?,
         );
         Ok(())
     }

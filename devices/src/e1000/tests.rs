@@ -1155,6 +1155,7 @@ fn rx_hostile_rings() {
 
 #[test]
 fn worker_thread_end_to_end() {
+    crate::worker_hook::recorder::install();
     let t = T::new();
     t.tx_setup(8);
     t.rx_setup(8, RCTL_SECRC);
@@ -1173,6 +1174,8 @@ fn worker_thread_end_to_end() {
     assert_eq!(t.r(TDH), 1);
     assert_eq!(t.r(RDH), 1);
     assert_eq!(t.be.sent.lock().unwrap().len(), 1);
+    // The worker ran the VMM's start hook (kvmrun's seccomp filter) on its own thread.
+    assert!(crate::worker_hook::recorder::saw("e1000"));
     t.dev.stop_worker();
 }
 

@@ -269,8 +269,8 @@ impl NetBackend for Tap {
     fn send(&mut self, iovs: &[IoSlice]) -> io::Result<usize> {
         loop {
             // SAFETY: `IoSlice` is ABI-compatible with `struct iovec`; the slices are valid for
-            // the call. The count is bounded by the caller (a descriptor chain of at most a
-            // queue size of entries); the kernel rejects more than IOV_MAX with EINVAL.
+            // the call. The count is bounded by the caller (virtio-net: MAX_TX_SEGMENTS, the
+            // kernel's UIO_MAXIOV; more would fail with EINVAL).
             let r = unsafe {
                 libc::writev(
                     self.file.as_raw_fd(),

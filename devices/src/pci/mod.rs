@@ -5,6 +5,9 @@ pub mod bus;
 pub mod config_space;
 pub mod msix;
 
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz;
+
 pub use bus::{
     intx_gsi, BarAllocator, PciBarObserver, PciDevice, PciError, PciHostBridge, PciRoot, PciWindow,
     WindowSpace,

@@ -1341,6 +1341,7 @@ impl TestInterrupt {
 
 #[test]
 fn worker_activate_notify_complete_reset_reactivate() {
+    crate::worker_hook::recorder::install();
     let env = Env::new();
     let mut dev = env.device(false);
     let mem = guest_memory();
@@ -1380,6 +1381,8 @@ fn worker_activate_notify_complete_reset_reactivate() {
         assert_eq!(d.used(0).1, 1);
         assert_eq!(status_at(&mem, STATUS), OK);
         assert_eq!(env.file_bytes(4 * 512, 1024), data);
+        // The worker ran the VMM's start hook (kvmrun's seccomp filter) on its own thread.
+        assert!(crate::worker_hook::recorder::saw("virtio-blk"));
 
         dev.reset();
         assert!(!dev.is_active());

@@ -278,6 +278,7 @@ impl WorkerHandle {
         let thread = std::thread::Builder::new()
             .name("virtio-blk".into())
             .spawn(move || {
+                crate::worker_hook::worker_started("virtio-blk");
                 while !thread_stop.load(Ordering::Acquire) {
                     if let Err(e) = em.run() {
                         log::error!("virtio-blk: event loop failed: {e:?}");

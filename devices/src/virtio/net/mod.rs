@@ -35,7 +35,7 @@ use virtio_bindings::virtio_net::{
 };
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 
-pub use processor::{NetProcessor, RxRun, TxRun};
+pub use processor::{NetProcessor, RxRun, TxRun, MAX_TX_SEGMENTS};
 
 use super::{ActivateError, GuestMemoryAtomic, QueueActivation, VirtioDevice, VirtioInterrupt};
 use crate::net::{NetBackend, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VNET_HDR_LEN};

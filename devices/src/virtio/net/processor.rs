@@ -81,7 +81,14 @@ pub(crate) enum TxFault {
     OutsideMemory,
     Runt,
     BadHeader,
+    TooManySegments,
 }
+
+/// Most descriptors, and most guest-memory pieces, one TX chain may have: Linux's UIO_MAXIOV,
+/// the most iovecs one `writev` to the tap takes (a longer chain would fail there with EINVAL
+/// after all the work of walking it). Indirect tables let a chain be far longer than the queue
+/// (up to 65536 descriptors); Linux's driver uses at most MAX_SKB_FRAGS + 2 per frame.
+pub const MAX_TX_SEGMENTS: usize = 1024;
 
 /// The queue logic of a virtio-net device. Owns the back-end while the device is active.
 pub struct NetProcessor {
@@ -221,6 +228,9 @@ impl NetProcessor {
         let mut last_has_next = false;
         for desc in chain {
             count += 1;
+            if count > MAX_TX_SEGMENTS {
+                return Err(TxFault::TooManySegments);
+            }
             last_has_next = desc.has_next();
             if desc.is_write_only() {
                 return Err(TxFault::WriteOnly);
@@ -244,6 +254,9 @@ impl NetProcessor {
             }
             if got != len {
                 return Err(TxFault::OutsideMemory);
+            }
+            if slices.len() > MAX_TX_SEGMENTS {
+                return Err(TxFault::TooManySegments);
             }
         }
         if count == 0 {

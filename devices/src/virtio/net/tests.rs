@@ -631,6 +631,45 @@ fn tx_malformed_chains_are_dropped_and_counted() {
     }
 }
 
+/// A chain longer than one writev takes (through an indirect table, so longer than the queue)
+/// is dropped before any of it reaches the back-end; one at the limit goes through.
+#[test]
+fn tx_chains_longer_than_uio_maxiov_are_dropped() {
+    let mem = guest_memory();
+    let mut frame = vnet_hdr(0, 0, 0, 0, 0, 0);
+    frame.extend_from_slice(&eth_frame(MAX_TX_SEGMENTS + 1, 3));
+    mem.write_slice(&frame, GuestAddress(BUF)).unwrap();
+    let (mut p, h, stats) = processor(ALL);
+    let mut d = Driver::new(&mem, TXQ_BASE);
+    for n in [MAX_TX_SEGMENTS + 1, MAX_TX_SEGMENTS] {
+        // n descriptors: the header, then one byte each, then the rest of the frame.
+        let table = DescriptorTable::new(&mem, GuestAddress(INDIRECT_TABLE), n as u16);
+        let last = n as u16 - 1;
+        for i in 0..n as u16 {
+            let (addr, len) = match i {
+                0 => (BUF, 12),
+                i if i == last => (
+                    BUF + 11 + u64::from(i),
+                    frame.len() as u32 - 11 - u32::from(i),
+                ),
+                i => (BUF + 11 + u64::from(i), 1),
+            };
+            let flags = if i == last { 0 } else { NEXT };
+            table
+                .store(
+                    i,
+                    RawDescriptor::from(SplitDescriptor::new(addr, len, flags, i + 1)),
+                )
+                .unwrap();
+        }
+        d.add(&[(INDIRECT_TABLE, 16 * n as u32, INDIRECT)]);
+        tx(&mut p, &mut d);
+    }
+    let s = stats.snapshot();
+    assert_eq!((s.malformed, s.tx_frames), (1, 1));
+    assert_eq!(h.take_sent(), vec![frame]);
+}
+
 #[test]
 fn tx_backend_errors_are_counted_as_dropped() {
     let mem = guest_memory();
@@ -1009,6 +1048,7 @@ fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
 
 #[test]
 fn worker_moves_frames_both_ways_and_survives_reset() {
+    crate::worker_hook::recorder::install();
     let g = Guest::new();
     let (b, h) = MockBackend::new();
     let mut dev = VirtioNet::new(Box::new(b), MAC);
@@ -1027,6 +1067,10 @@ fn worker_moves_frames_both_ways_and_survives_reset() {
                 .map(|c| c.trim() == "virtio-net")
                 .unwrap_or(false)
         })
+    });
+    // The worker runs the VMM's start hook (kvmrun's seccomp filter) on its own thread.
+    wait_until("the worker start hook", || {
+        crate::worker_hook::recorder::saw("virtio-net")
     });
 
     for round in 0..2u8 {

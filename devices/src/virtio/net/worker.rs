@@ -283,6 +283,7 @@ impl WorkerHandle {
         let spawned = std::thread::Builder::new()
             .name("virtio-net".into())
             .spawn(move || {
+                crate::worker_hook::worker_started("virtio-net");
                 while !thread_stop.load(Ordering::Acquire) {
                     if let Err(e) = em.run() {
                         log::error!("virtio-net: event loop failed: {e:?}");
