@@ -52,6 +52,8 @@ pub enum Error {
     TestHost(String),
     #[error("event loop: {0}")]
     EventLoop(String),
+    #[error("bench: {0}")]
+    Bench(#[from] crate::bench::BenchError),
 }
 
 impl Error {
