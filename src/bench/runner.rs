@@ -206,6 +206,9 @@ pub fn run_host(a: &Artifacts, script: &str, dev: Option<&Path>, timeout: Durati
     }
 }
 
+/// The longest kernel command line the guest kernel takes (x86 COMMAND_LINE_SIZE - 1).
+pub const MAX_CMDLINE: usize = 2047;
+
 /// The kernel command line that makes the default guest's init run `script` (base64 in one
 /// `sh -c` word: the kernel splits init's arguments at spaces and panics past 32 of them).
 pub fn guest_cmdline(script: &str) -> String {
@@ -217,7 +220,7 @@ pub fn guest_cmdline(script: &str) -> String {
 
 /// The whole guest script: `$BENCH_DEV`, the guest's kernel release for the report, the
 /// workload, then a console drain so that nothing printed is lost at power-off.
-fn guest_script(spec: &GuestSpec) -> String {
+pub fn guest_script(spec: &GuestSpec) -> String {
     format!(
         "BENCH_DEV=/dev/vda\necho \"@@ENV guest_kernel $(uname -r)\"\n{}\ns=$?\nt=$(stty -g) && stty \"$t\"\nexit $s",
         spec.script
@@ -228,6 +231,12 @@ fn guest_script(spec: &GuestSpec) -> String {
 pub fn start_guest(a: &Artifacts, spec: &GuestSpec) -> Result<Running, String> {
     let cmdline = guest_cmdline(&guest_script(spec));
     let what = format!("{} guest ({} vCPUs)", spec.vmm.label(), spec.cpus);
+    if cmdline.len() > MAX_CMDLINE {
+        return Err(format!(
+            "{what}: the workload script makes a {}-byte kernel command line (at most {MAX_CMDLINE})",
+            cmdline.len()
+        ));
+    }
     match spec.vmm {
         Target::Kvmrun => {
             let exe = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;

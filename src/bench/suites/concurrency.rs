@@ -31,7 +31,7 @@ fn iterations(b: &Bench) -> u64 {
     }
 }
 
-fn script(b: &Bench) -> String {
+pub(super) fn script(b: &Bench) -> String {
     format!("cycles {} {}", iterations(b), b.args.runs)
 }
 

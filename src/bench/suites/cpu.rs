@@ -50,7 +50,7 @@ fn expected_s(b: &Bench, threads: usize) -> f64 {
     threads as f64 * sizes * f64::from(b.args.runs + 1) * min_seconds(b) * 3.0
 }
 
-fn script(b: &Bench, threads: &[u32]) -> String {
+pub(super) fn script(b: &Bench, threads: &[u32]) -> String {
     let sizes: Vec<String> = sizes(b).iter().map(|s| s.to_string()).collect();
     threads
         .iter()

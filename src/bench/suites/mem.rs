@@ -27,7 +27,7 @@ fn min_seconds(b: &Bench) -> f64 {
     }
 }
 
-fn script(b: &Bench) -> String {
+pub(super) fn script(b: &Bench) -> String {
     lengths(b)
         .iter()
         .map(|n| format!("stream {n} {} {} || exit $?", b.args.runs, min_seconds(b)))

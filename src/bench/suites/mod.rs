@@ -106,3 +106,66 @@ pub(crate) fn record(
             .measured(suite, name, target, unit, higher_is_better, vals, params);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::progress::Progress;
+    use super::super::results::Recorder;
+    use super::super::runner::{guest_cmdline, guest_script, Artifacts, MAX_CMDLINE};
+    use super::super::{BenchArgs, CompareWith};
+    use super::*;
+
+    fn bench(quick: bool) -> Bench {
+        Bench {
+            args: BenchArgs {
+                suites: vec![],
+                runs: 100,
+                quick,
+                compare: Some(CompareWith::Qemu),
+                out: "/x".into(),
+            },
+            artifacts: Artifacts {
+                kernel: "/k".into(),
+                bench_initrd: "/i".into(),
+                boot_initrd: "/b".into(),
+                payloads: "/p".into(),
+            },
+            host_cpus: 64,
+            in_testhost: false,
+            qemu_unavailable: None,
+            progress: Progress::new(0),
+            rec: Recorder::default(),
+            env: Default::default(),
+        }
+    }
+
+    /// The guest takes its workload on the kernel command line: every suite's script must fit,
+    /// at the most runs and the biggest machine.
+    #[test]
+    fn every_guest_script_fits_the_kernel_command_line() {
+        for quick in [true, false] {
+            let b = bench(quick);
+            let scripts = [
+                cpu::script(&b, &[1, 64, 96, 128]),
+                mem::script(&b),
+                disk::script(&b),
+                concurrency::script(&b),
+            ];
+            for s in scripts {
+                let spec = bench_guest(&b, Target::Kvmrun, 1, s.clone(), 1.0);
+                let len = guest_cmdline(&guest_script(&spec)).len();
+                assert!(len <= MAX_CMDLINE, "{len} bytes for:\n{s}");
+            }
+        }
+    }
+
+    #[test]
+    fn steps_count_every_host_run_and_guest_boot() {
+        let b = bench(true);
+        // cpu: host + one guest per target (kvmrun, qemu); quick has no overcommit guests.
+        assert_eq!(steps(SuiteName::Cpu, &b), 3);
+        // boot: per target one warm-up + runs boots.
+        assert_eq!(steps(SuiteName::Boot, &b), 2 * 101);
+        assert_eq!(steps(SuiteName::Net, &b), 0);
+    }
+}
