@@ -37,6 +37,7 @@ pub fn all(r: &Results, dir: &Path) -> Result<Vec<(String, String)>, BenchError>
         bars(
             r,
             "mem",
+            None,
             "STREAM bandwidth (median)",
             "MB/s",
             None,
@@ -49,10 +50,24 @@ pub fn all(r: &Results, dir: &Path) -> Result<Vec<(String, String)>, BenchError>
         bars(
             r,
             "disk",
+            None,
             "fio, O_DIRECT: median relative to the host",
             "x host",
             Some(Target::Host),
             &dir.join("disk-fio.svg"),
+        )?,
+    );
+    add(
+        "fixed work per instance, all at once",
+        "concurrency-pi.svg",
+        bars(
+            r,
+            "concurrency",
+            Some("s"),
+            "same work, instances at once: seconds per instance (median)",
+            "s",
+            None,
+            &dir.join("concurrency-pi.svg"),
         )?,
     );
     add(
@@ -67,7 +82,7 @@ fn plot_err(path: &Path) -> impl Fn(String) -> BenchError + '_ {
     move |e| BenchError::Plot(path.display().to_string(), e)
 }
 
-/// MFLOP/s (median) over matrix size, log-log, one line per target and thread count.
+/// MFLOP/s (median) over matrix size (log scale), one line per target and thread count.
 fn matmul(r: &Results, path: &Path) -> Result<bool, BenchError> {
     let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
     for m in r.measurements.iter().filter(|m| m.suite == "cpu") {
@@ -130,17 +145,23 @@ fn matmul(r: &Results, path: &Path) -> Result<bool, BenchError> {
     Ok(true)
 }
 
-/// Grouped bars: one group per figure of `suite`, one bar per target; medians, or medians over
-/// the `relative_to` target's median.
+/// Grouped bars: one group per figure of `suite` (in `unit`, if given), one bar per target;
+/// medians, or medians over the `relative_to` target's median.
+#[allow(clippy::too_many_arguments)]
 fn bars(
     r: &Results,
     suite: &str,
+    unit: Option<&str>,
     caption: &str,
     y_desc: &str,
     relative_to: Option<Target>,
     path: &Path,
 ) -> Result<bool, BenchError> {
-    let ms: Vec<&Measurement> = r.measurements.iter().filter(|m| m.suite == suite).collect();
+    let ms: Vec<&Measurement> = r
+        .measurements
+        .iter()
+        .filter(|m| m.suite == suite && unit.is_none_or(|u| m.unit == u))
+        .collect();
     let mut names: Vec<&str> = Vec::new();
     for m in &ms {
         if !names.contains(&m.name.as_str()) {
@@ -288,4 +309,65 @@ fn boot(r: &Results, path: &Path) -> Result<bool, BenchError> {
 
 fn param(m: &Measurement, key: &str) -> Option<f64> {
     m.params.get(key)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::results::Recorder;
+    use super::*;
+
+    #[test]
+    fn plots_are_svg_files_for_the_suites_with_data() {
+        let mut rec = Recorder::default();
+        for (t, f) in [(Target::Host, 1.0), (Target::Kvmrun, 0.9)] {
+            for n in [64, 128] {
+                let p = [("threads", "1".to_string()), ("n", n.to_string())];
+                let name = format!("matmul/t1/n{n}");
+                rec.measured(
+                    "cpu",
+                    &name,
+                    t,
+                    "MFLOP/s",
+                    true,
+                    vec![100.0 * f, 90.0 * f],
+                    &p,
+                );
+            }
+            rec.measured(
+                "disk",
+                "fio/seqread-1MiB",
+                t,
+                "MB/s",
+                true,
+                vec![500.0 * f],
+                &[],
+            );
+        }
+        rec.measured(
+            "boot",
+            "start-to-exit",
+            Target::Kvmrun,
+            "ms",
+            false,
+            vec![5.0, 7.0],
+            &[],
+        );
+        let r = rec.into_results(
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            Default::default(),
+        );
+        let dir = std::env::temp_dir().join(format!("kvmrun-plot-test.{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let made = all(&r, &dir).unwrap();
+        let files: Vec<&str> = made.iter().map(|(_, f)| f.as_str()).collect();
+        assert_eq!(files, ["cpu-matmul.svg", "disk-fio.svg", "boot-times.svg"]);
+        for f in files {
+            let svg = std::fs::read_to_string(dir.join(f)).unwrap();
+            assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{f}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
