@@ -106,3 +106,43 @@ fn quick_cpu_and_disk_bench_gives_finite_positive_figures() {
     assert!(svg.contains("<svg"));
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// The suites that boot no guest (net and vm2vm, not measured yet) run anywhere, directly: the
+/// whole report pipeline, with every planned figure a TAP SKIP with its reason.
+#[test]
+fn suites_without_guests_report_their_skips() {
+    let out = std::env::temp_dir().join(format!("kvmrun-bench-skip.{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let run = run_kvmrun(
+        &[
+            "bench",
+            "--suite",
+            "net,vm2vm",
+            "--runs",
+            "1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let tap = std::fs::read_to_string(out.join("results.tap")).unwrap();
+    let (sections, not_ok) = check_tap(&tap);
+    assert_eq!(sections, ["net", "vm2vm"]);
+    assert!(not_ok.is_empty());
+    let skips = tap.lines().filter(|l| l.contains(" # SKIP ")).count();
+    assert_eq!(skips, 9, "{tap}");
+    assert!(tap.contains("virtio/tcp/guest-to-host/1-stream # SKIP kvmrun's virtio-net"));
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    assert_eq!(json["skipped"].as_array().unwrap().len(), 9);
+    assert!(json["measurements"].as_array().unwrap().is_empty());
+    assert!(std::fs::read_to_string(out.join("report.md"))
+        .unwrap()
+        .contains("## Skipped"));
+    let _ = std::fs::remove_dir_all(&out);
+}

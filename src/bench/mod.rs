@@ -57,6 +57,11 @@ pub enum SuiteName {
 }
 
 impl SuiteName {
+    /// Whether the suite boots guests (and so needs a KVM that runs Linux, and the artifacts).
+    pub fn boots_guests(self) -> bool {
+        !matches!(self, SuiteName::Net | SuiteName::Vm2vm)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             SuiteName::Cpu => "cpu",
@@ -171,10 +176,15 @@ pub fn run(mut args: BenchArgs) -> Result<i32, Error> {
     })?;
 
     let inner = std::env::var_os("KVMRUN_BENCH_INNER").is_some();
-    if !inner && KvmFlavor::detect() == KvmFlavor::Pvm {
+    let boots_guests = args.suites.iter().any(|s| s.boots_guests());
+    if boots_guests && !inner && KvmFlavor::detect() == KvmFlavor::Pvm {
         return Ok(testhost::run_inside(&args)?);
     }
-    let artifacts = testhost::artifacts()?;
+    let artifacts = if boots_guests {
+        testhost::artifacts()?
+    } else {
+        Artifacts::default()
+    };
     run_here(args, artifacts, inner)
 }
 

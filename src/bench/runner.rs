@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use super::results::Target;
 
-/// What the guests boot and the host runs, built on the host by the resources scripts.
-#[derive(Debug, Clone)]
+/// What the guests boot and the host runs, built on the host by the resources scripts (empty
+/// paths when no selected suite boots a guest).
+#[derive(Debug, Clone, Default)]
 pub struct Artifacts {
     pub kernel: PathBuf,
     /// The benchmark guest: default userland + fio, iperf3 and the payloads.
