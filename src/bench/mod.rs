@@ -216,18 +216,22 @@ fn run_here(args: BenchArgs, artifacts: Artifacts, in_testhost: bool) -> Result<
                 .cloned()
                 .unwrap_or_default()
         )
-    } else {
+    } else if b.args.suites.iter().any(|s| s.boots_guests()) {
         format!("hardware KVM on {}: absolute figures", env::cpu_model())
+    } else {
+        format!("{}: no suite that boots a guest was run", env::cpu_model())
     };
     b.env.insert("where".into(), where_.clone());
-    b.env.insert(
-        "guest_kernel".into(),
-        b.artifacts.kernel.display().to_string(),
-    );
-    b.env.insert(
-        "guest_initrd".into(),
-        b.artifacts.bench_initrd.display().to_string(),
-    );
+    if b.args.suites.iter().any(|s| s.boots_guests()) {
+        b.env.insert(
+            "guest_kernel".into(),
+            b.artifacts.kernel.display().to_string(),
+        );
+        b.env.insert(
+            "guest_initrd".into(),
+            b.artifacts.bench_initrd.display().to_string(),
+        );
+    }
     b.env
         .insert("nic_model".into(), "none (net suites not run)".into());
 
