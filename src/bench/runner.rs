@@ -7,9 +7,10 @@
 //! the payloads print (see resources/bench/payloads/).
 
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -102,6 +103,13 @@ pub fn bench_lines(text: &str, payload: &str) -> Vec<BTreeMap<String, String>> {
         .collect()
 }
 
+/// The line a workload prints at a start barrier (see [`BARRIER`]).
+pub const READY: &str = "@@READY";
+
+/// A start barrier for workloads that must begin together (several guests at once): the script
+/// announces it is ready, then waits for a line on its console (the run's stdin) before going on.
+pub const BARRIER: &str = "echo @@READY; read -r _go";
+
 /// A started run.
 pub struct Running {
     what: String,
@@ -109,7 +117,10 @@ pub struct Running {
     started: Instant,
     timeout: Duration,
     expected_status: i32,
-    stdout: JoinHandle<Vec<u8>>,
+    stdin: Option<ChildStdin>,
+    /// stdout as it arrives, so a barrier can watch for [`READY`].
+    stdout_so_far: Arc<Mutex<Vec<u8>>>,
+    stdout: JoinHandle<()>,
     stderr: JoinHandle<Vec<u8>>,
 }
 
@@ -120,7 +131,9 @@ impl Running {
         timeout: Duration,
         expected_status: i32,
     ) -> Result<Running, String> {
-        cmd.stdin(Stdio::null())
+        // stdin is a pipe held open until the end: the guest's console input, or the host
+        // script's, for a start barrier (kvmrun and QEMU see no input until one is sent).
+        cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let started = Instant::now();
@@ -137,17 +150,47 @@ impl Running {
                 buf
             })
         };
-        let stdout = drain(child.stdout.take().map(|s| Box::new(s) as _));
+        let stdout_so_far = Arc::new(Mutex::new(Vec::new()));
+        let stdout = {
+            let buf = stdout_so_far.clone();
+            let mut out = child.stdout.take();
+            std::thread::spawn(move || {
+                let mut chunk = [0u8; 4096];
+                while let Some(Ok(n @ 1..)) = out.as_mut().map(|o| o.read(&mut chunk)) {
+                    buf.lock().unwrap().extend_from_slice(&chunk[..n]);
+                }
+            })
+        };
         let stderr = drain(child.stderr.take().map(|s| Box::new(s) as _));
         Ok(Running {
             what,
+            stdin: child.stdin.take(),
             child,
             started,
             timeout,
             expected_status,
+            stdout_so_far,
             stdout,
             stderr,
         })
+    }
+
+    /// Whether the run has printed `needle` (e.g. [`READY`]) so far.
+    pub fn printed(&self, needle: &str) -> bool {
+        let buf = self.stdout_so_far.lock().unwrap();
+        String::from_utf8_lossy(&buf).contains(needle)
+    }
+
+    /// Whether the run has ended (or failed to be waited for).
+    pub fn ended(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Lets a workload waiting at its [`BARRIER`] go on.
+    pub fn release(&mut self) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(b"go\n").and_then(|_| stdin.flush());
+        }
     }
 
     /// Waits for the end (killing the run at its time limit) and returns what happened.
@@ -167,17 +210,18 @@ impl Running {
             }
         };
         let elapsed = self.started.elapsed();
-        let text = |h: JoinHandle<Vec<u8>>| {
-            String::from_utf8_lossy(&h.join().unwrap_or_default()).replace('\r', "")
-        };
+        drop(self.stdin.take());
+        let _ = self.stdout.join();
+        let stdout = std::mem::take(&mut *self.stdout_so_far.lock().unwrap());
+        let text = |b: Vec<u8>| String::from_utf8_lossy(&b).replace('\r', "");
         let code = status.and_then(|s| s.code());
         RunOutput {
             what: self.what,
             success: !timed_out && code == Some(self.expected_status),
             status: code,
             timed_out,
-            stdout: text(self.stdout),
-            stderr: text(self.stderr),
+            stdout: text(stdout),
+            stderr: text(self.stderr.join().unwrap_or_default()),
             elapsed,
         }
     }

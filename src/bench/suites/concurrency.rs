@@ -2,7 +2,8 @@
 //! fixed amount of CPU work (the `cycles` payload: pi by the midpoint rule, timed with RDTSC and
 //! the monotonic clock). Per instance: seconds and Mcycles; per N: the spread of the instances'
 //! times, (max - min) / median in %, per run. N = host CPUs (full load); full runs add N = 1 and
-//! 2 x host CPUs (overcommit), as the reference experiments' 1, 8 and 17 guests.
+//! 2 x host CPUs (overcommit), as the reference experiments' 1, 8 and 17 guests. The instances
+//! boot first and start their work together, at a start barrier on their consoles.
 
 use super::super::results::Target;
 use super::super::runner::{self, RunOutput};
@@ -31,8 +32,14 @@ fn iterations(b: &Bench) -> u64 {
     }
 }
 
+/// Waits at the start barrier (so that every instance's work overlaps, not its boot), then runs.
 pub(super) fn script(b: &Bench) -> String {
-    format!("cycles {} {}", iterations(b), b.args.runs)
+    format!(
+        "{}\ncycles {} {}",
+        runner::BARRIER,
+        iterations(b),
+        b.args.runs
+    )
 }
 
 fn expected_s(b: &Bench, n: u32) -> f64 {
@@ -63,10 +70,11 @@ pub fn run(b: &mut Bench) {
     }
 }
 
-/// Starts `n` instances at once and waits for all of them.
+/// Starts `n` instances, lets them all begin their work at once when every one has reached the
+/// start barrier (booted), and waits for all of them.
 fn run_many(b: &mut Bench, target: Target, n: u32) -> Vec<RunOutput> {
     let limit = b.limit(expected_s(b, n));
-    let started: Vec<_> = (0..n)
+    let mut started: Vec<_> = (0..n)
         .map(|_| {
             if target == Target::Host {
                 runner::start_host(&b.artifacts, &script(b), None, limit)
@@ -76,6 +84,20 @@ fn run_many(b: &mut Bench, target: Target, n: u32) -> Vec<RunOutput> {
             }
         })
         .collect();
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        let waiting = started.iter_mut().any(|r| match r {
+            Ok(r) => !r.printed(runner::READY) && !r.ended(),
+            Err(_) => false,
+        });
+        if !waiting || std::time::Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    for r in started.iter_mut().flatten() {
+        r.release();
+    }
     let outs: Vec<RunOutput> = started
         .into_iter()
         .map(|r| match r {
