@@ -58,3 +58,8 @@ else
   say "guest tests: hardware KVM, running them directly"
   sh -c "$run_all"
 fi
+
+# The benchmark smoke test runs `kvmrun bench --quick --suite cpu,disk`, which goes into the test
+# host by itself where /dev/kvm is PVM: so it runs here, never inside the test host run above.
+say "benchmark smoke test (kvmrun bench --quick --suite cpu,disk; about 5 minutes in the test host)"
+cargo test --test bench -- --ignored --test-threads=1

@@ -29,6 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Boot a guest: the given kernel, or the default guest (built on first use).
     Run(RunArgs),
+    /// Benchmark the host, kvmrun guests and (optionally) QEMU guests; report in --out.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -397,9 +399,33 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("not parsed as run");
+        };
         assert_eq!(args.append.as_deref(), Some("-- sh -c 'exit 3'"));
         assert_eq!(args.cpus, 2);
+    }
+
+    #[test]
+    fn bench_takes_a_suite_list() {
+        let cli = Cli::try_parse_from([
+            "kvmrun",
+            "bench",
+            "--suite",
+            "cpu,disk",
+            "--quick",
+            "--compare",
+            "qemu",
+        ])
+        .unwrap();
+        let Command::Bench(args) = cli.command else {
+            panic!("not parsed as bench");
+        };
+        use crate::bench::SuiteName;
+        assert_eq!(args.suites, [SuiteName::Cpu, SuiteName::Disk]);
+        assert!(args.quick && args.compare.is_some());
+        assert_eq!(args.runs, 3);
+        assert!(Cli::try_parse_from(["kvmrun", "bench", "--suite", "gpu"]).is_err());
     }
 
     #[test]

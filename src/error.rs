@@ -54,6 +54,8 @@ pub enum Error {
     EventLoop(String),
     #[error("seccomp: {0} (--seccomp=off runs without filters)")]
     Seccomp(#[from] crate::seccomp::SeccompError),
+    #[error("bench: {0}")]
+    Bench(#[from] crate::bench::BenchError),
 }
 
 impl Error {

@@ -1,5 +1,6 @@
 //! kvmrun: a KVM-based virtual machine monitor.
 
+mod bench;
 mod boot_report;
 mod cli;
 mod console;
@@ -36,6 +37,7 @@ fn main() {
 
     let status = match cli.command {
         Command::Run(args) => run(args, start),
+        Command::Bench(args) => bench::run(args),
     };
     match status {
         Ok(code) => std::process::exit(code),
