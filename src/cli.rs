@@ -29,6 +29,20 @@ pub struct Cli {
 pub enum Command {
     /// Boot a guest: the given kernel, or the default guest (built on first use).
     Run(RunArgs),
+    /// Boot a guest, run COMMAND in it (stdout and stderr streamed here), and exit with its
+    /// status: 124 on --timeout, 123 on a guest panic, 122 if the guest stopped without the
+    /// command's status, 125 on a kvmrun error.
+    Exec(crate::exec_args::ExecArgs),
+    /// Configuration files (`--config`) of exec.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (the --config file with the command line's options
+    /// applied) as JSON, in the form --config reads.
+    Print(crate::exec_args::ExecArgs),
 }
 
 #[derive(Debug, Clone, Args)]
@@ -386,7 +400,9 @@ mod tests {
             "2",
         ])
         .unwrap();
-        let Command::Run(args) = cli.command;
+        let Command::Run(args) = cli.command else {
+            panic!("not run")
+        };
         assert_eq!(args.append.as_deref(), Some("-- sh -c 'exit 3'"));
         assert_eq!(args.cpus, 2);
     }

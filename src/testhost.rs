@@ -43,7 +43,7 @@ pub fn forwarded_args(
         // Insert right after the `run` subcommand so it precedes any trailing arguments.
         let at = out
             .iter()
-            .position(|a| a == "run")
+            .position(|a| a == "run" || a == "exec")
             .map_or(out.len(), |i| i + 1);
         let mut extra = vec![OsString::from("--kernel"), kernel.as_os_str().to_owned()];
         if let Some(i) = initrd {
