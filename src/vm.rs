@@ -57,7 +57,6 @@ pub struct RunOutcome {
 
 /// COM2 as on a PC: the guest's ttyS1.
 const COM2_PORT: u64 = 0x2f8;
-const COM2_IRQ: u32 = 3;
 
 /// What KVM must offer; checked up front so a missing feature is one clear line, not an EINVAL later.
 const REQUIRED_CAPS: [(Cap, &str); 8] = [
@@ -128,7 +127,7 @@ pub fn run_with(
         };
         let machine = build_devices(cfg, writers, &vm, &mem, &exit, &timeline, &ctl.events)
             .and_then(|m| {
-                let entry = load_guest(cfg, &mem, &m.irq_routes)?;
+                let entry = load_guest(cfg, &mem, &m.irq_routes, m.com2.is_some())?;
                 Ok((m, entry))
             });
         let kvm_setup = kvm_setup
@@ -285,6 +284,7 @@ fn load_guest(
     cfg: &VmConfig,
     mem: &GuestMemory,
     pci_irqs: &[boot::PciIrqRoute],
+    com2: bool,
 ) -> Result<BootEntry, Error> {
     let mut kernel_file = File::open(&cfg.kernel).map_err(Error::file("kernel", &cfg.kernel))?;
     let kernel = boot::kernel::load_kernel(mem, &mut kernel_file)?;
@@ -324,6 +324,7 @@ fn load_guest(
         cfg.cpus,
         &boot::acpi::AcpiPciConfig {
             irq_routes: pci_irqs.to_vec(),
+            com2,
         },
     )?;
     let gdt = boot::gdt::write_gdt(mem)?;
@@ -400,7 +401,7 @@ fn build_devices(
     let com2 = match writers.com2 {
         Some(out) => {
             let irq = EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err("COM2 irq eventfd", &e))?;
-            vm.register_irqfd(&irq, COM2_IRQ)
+            vm.register_irqfd(&irq, boot::layout::COM2_IRQ as u32)
                 .map_err(|e| dev_err("COM2 irqfd", &e))?;
             let com2 = Arc::new(Serial::new(irq, out));
             insert(&mut pio, COM2_PORT, 8, com2.clone())?;
