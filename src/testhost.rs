@@ -92,6 +92,16 @@ mod tests {
     }
 
     #[test]
+    fn exec_gets_the_default_guest_before_its_command() {
+        let args = os(&["kvmrun", "exec", "--testhost", "--", "echo", "run"]);
+        let out = forwarded_args(args.into_iter(), Path::new("/k"), Some(Path::new("/i")));
+        assert_eq!(
+            out,
+            os(&["exec", "--kernel", "/k", "--initrd", "/i", "--", "echo", "run"])
+        );
+    }
+
+    #[test]
     fn an_explicit_kernel_is_kept() {
         let args = os(&["kvmrun", "run", "--kernel", "/mine", "--testhost"]);
         let out = forwarded_args(args.into_iter(), Path::new("/k"), None);
