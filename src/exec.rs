@@ -3,9 +3,9 @@
 //! How the command gets in and its output out (the default guest's init, exec mode):
 //! - the command travels on the kernel command line as `kvmrun.exec=_B64,_B64,...`, each
 //!   argument base64-encoded (so spaces, quotes and newlines survive; the kernel does not hand
-//!   dotted parameters to init, so its 32-argument limit does not apply). The whole command line
-//!   is at most 2047 bytes, which leaves about 1.4 KiB of command; longer scripts go on a
-//!   `--disk dir=` disk;
+//!   dotted parameters to init, so its 32-argument limit does not apply). An encoding longer
+//!   than 1 KiB goes instead on a small raw disk of its own (`kvmrun.exec=@vdX:LEN`), since the
+//!   whole command line holds at most 2047 bytes;
 //! - the command's stdout goes to the guest's second UART (ttyS1, COM2), which kvmrun writes to
 //!   its own stdout byte for byte; the command's stderr goes to the console (ttyS0), which
 //!   `--console` sends to kvmrun's stderr by default. The guest boots with `quiet`, so the
@@ -99,7 +99,25 @@ fn run(args: ExecArgs, start: Instant) -> Result<i32, Error> {
         }
     }
 
-    let mut cmdline = format!("{DEFAULT_CMDLINE} quiet {}", exec_param(&args.command));
+    // A long command goes on a small read-only disk of its own, after the others.
+    let encoded = encode_command(&args.command);
+    let mut _command_disk = None;
+    let exec_word = if encoded.len() <= INLINE_COMMAND_MAX {
+        format!("kvmrun.exec={encoded}")
+    } else {
+        let letter = char::from(b'a' + u8::try_from(disks.len()).unwrap_or(25).min(25));
+        let file = command_disk(&encoded)
+            .map_err(|e| Error::Exec(format!("cannot write the command's disk: {e}")))?;
+        disks.push(crate::cli::DiskSpec {
+            path: file.to_path_buf(),
+            readonly: true,
+            direct: false,
+            serial: None,
+        });
+        _command_disk = Some(file);
+        format!("kvmrun.exec=@vd{letter}:{}", encoded.len())
+    };
+    let mut cmdline = format!("{DEFAULT_CMDLINE} quiet {exec_word}");
     for m in &mounts {
         cmdline.push(' ');
         cmdline.push_str(m);
@@ -107,6 +125,12 @@ fn run(args: ExecArgs, start: Instant) -> Result<i32, Error> {
     if let Some(extra) = &args.append {
         cmdline.push(' ');
         cmdline.push_str(extra);
+    }
+    if cmdline.len() > CMDLINE_MAX {
+        return Err(Error::Exec(format!(
+            "the kernel command line would be {} bytes, more than the kernel's {CMDLINE_MAX}: shorten --append or the dir= mount paths",
+            cmdline.len()
+        )));
     }
 
     let events = match &args.events {
@@ -215,14 +239,33 @@ fn judge(
     }
 }
 
-/// `kvmrun.exec=_ARG1,_ARG2,...`: each argument base64-encoded behind a `_` (so an empty
-/// argument is still a field).
-fn exec_param(command: &[String]) -> String {
+/// The longest command encoding passed on the kernel command line itself; longer ones go on a
+/// disk, leaving the command line (at most `CMDLINE_MAX` bytes) room for the rest.
+const INLINE_COMMAND_MAX: usize = 1024;
+/// The x86 kernel's command line limit (COMMAND_LINE_SIZE 2048, with the NUL).
+const CMDLINE_MAX: usize = 2047;
+
+/// `_ARG1,_ARG2,...`: each argument base64-encoded behind a `_` (so an empty argument is still
+/// a field).
+fn encode_command(command: &[String]) -> String {
     let words: Vec<String> = command
         .iter()
         .map(|a| format!("_{}", base64(a.as_bytes())))
         .collect();
-    format!("kvmrun.exec={}", words.join(","))
+    words.join(",")
+}
+
+/// A raw disk image holding `encoded` from its first byte, padded to whole sectors; init reads
+/// it with `head -c LEN /dev/vdX`. Deleted when dropped.
+fn command_disk(encoded: &str) -> std::io::Result<tempfile::TempPath> {
+    let mut f = tempfile::Builder::new()
+        .prefix("kvmrun-cmd-")
+        .suffix(".img")
+        .tempfile()?;
+    f.write_all(encoded.as_bytes())?;
+    f.as_file()
+        .set_len((encoded.len() as u64).next_multiple_of(512))?;
+    Ok(f.into_temp_path())
 }
 
 /// Standard base64 (RFC 4648) with padding.
@@ -342,8 +385,8 @@ mod tests {
 
     #[test]
     fn every_argument_is_one_field_even_when_empty() {
-        let p = exec_param(&["sh".into(), "-c".into(), "echo a b".into(), String::new()]);
-        assert_eq!(p, "kvmrun.exec=_c2g=,_LWM=,_ZWNobyBhIGI=,_");
+        let p = encode_command(&["sh".into(), "-c".into(), "echo a b".into(), String::new()]);
+        assert_eq!(p, "_c2g=,_LWM=,_ZWNobyBhIGI=,_");
         assert!(!p.contains(' '));
     }
 

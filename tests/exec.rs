@@ -94,6 +94,26 @@ fn arguments_arrive_exactly_as_given() {
 
 #[test]
 #[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn long_commands_and_many_arguments_get_through() {
+    // Far more than the kernel command line holds (it goes on a disk of its own) and more
+    // arguments than the kernel passes to init.
+    let long = "x".repeat(6000);
+    let mut command = vec![
+        "sh",
+        "-c",
+        "printf '%s %s\\n' \"$#\" \"${#1}\"",
+        "sh",
+        &long,
+    ];
+    let many: Vec<String> = (0..99).map(|i| format!("a{i}")).collect();
+    command.extend(many.iter().map(String::as_str));
+    let out = exec(&[], &command);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(text(&out.stdout), "100 6000\n");
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
 fn a_dir_disk_carries_input_in_and_results_out() {
     let host = scratch_dir("exec-dir");
     std::fs::write(host.join("in.txt"), "from the host\n").unwrap();

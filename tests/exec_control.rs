@@ -110,6 +110,14 @@ fn kvmrun_errors_exit_with_125() {
     assert!(text(&out.stderr).contains("/nonexistent/kernel"));
     let out = run_kvmrun(&["exec", "--cpus", "0", "--", "true"], LIMIT);
     assert_eq!(out.status.code(), Some(125), "{}", text(&out.stderr));
+    let long = "x".repeat(3000);
+    let out = exec("/nonexistent/kernel", &["--append", &long]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        text(&out.stderr).contains("more than the kernel's 2047"),
+        "{}",
+        text(&out.stderr)
+    );
     let out = run_kvmrun(&["exec", "--allow-pvm", "--kernel", "/x"], LIMIT);
     assert_eq!(out.status.code(), Some(125));
     assert!(
