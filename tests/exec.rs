@@ -71,6 +71,38 @@ fn command_status_and_output_come_back_unmixed() {
 
 #[test]
 #[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn a_kernel_panic_exits_with_123_and_says_so() {
+    // No init in the initramfs under that name and no root device: the kernel panics.
+    let out = exec(&["--append", "rdinit=/no-such-init"], &["true"]);
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(123));
+    assert!(
+        stderr.contains("kvmrun: the guest kernel panicked: Kernel panic - not syncing"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn a_command_that_hangs_times_out_with_124() {
+    let t = Instant::now();
+    let out = exec(
+        &["--timeout", "15s"],
+        &["sh", "-c", "echo started; sleep 600"],
+    );
+    assert_eq!(out.status.code(), Some(124));
+    assert_eq!(text(&out.stdout), "started\n");
+    assert!(text(&out.stderr).contains("--timeout"));
+    assert!(
+        t.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
 fn arguments_arrive_exactly_as_given() {
     let out = exec(
         &[],

@@ -55,6 +55,30 @@ fn the_guests_status_is_the_exit_status_and_the_console_stays_off_stdout() {
 }
 
 #[test]
+fn com2_output_is_kvmruns_stdout_byte_for_byte() {
+    let dir = scratch_dir("exec-com2");
+    // The usual payload with its UART port moved from COM1 (0x3f8) to COM2 (0x2f8).
+    let message = b"to stdout\r\nraw\n";
+    let mut code = common::payload_code(message, true, PayloadEnd::DebugExit(0));
+    assert_eq!(&code[..4], &[0x66, 0xBA, 0xF8, 0x03], "mov dx, 0x3f8 first");
+    code[3] = 0x02;
+    let k = dir.join("com2.elf");
+    std::fs::write(&k, common::elf64(&code)).unwrap();
+    let out = exec(k.to_str().unwrap(), &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout, message);
+    assert!(!text(&out.stderr).contains("to stdout"));
+    // `run` has no COM2: the same writes go nowhere.
+    let out = run_kvmrun(
+        &["run", "--allow-pvm", "--kernel", k.to_str().unwrap()],
+        LIMIT,
+    );
+    assert_eq!(out.status.code(), Some(0));
+    assert!(out.stdout.is_empty());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_hung_guest_times_out_with_124_and_a_reason() {
     let dir = scratch_dir("exec-timeout");
     let k = payload(&dir, b"hanging\n", PayloadEnd::Hang);
