@@ -31,6 +31,20 @@ pub enum Command {
     Run(RunArgs),
     /// Benchmark the host, kvmrun guests and (optionally) QEMU guests; report in --out.
     Bench(crate::bench::BenchArgs),
+    /// Boot a guest, run COMMAND in it (stdout and stderr streamed here), and exit with its
+    /// status: 124 on --timeout, 123 on a guest panic, 122 if the guest stopped without the
+    /// command's status, 125 on a kvmrun error.
+    Exec(crate::exec_args::ExecArgs),
+    /// Configuration files (`--config`) of exec.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the effective configuration (the --config file with the command line's options
+    /// applied) as JSON, in the form --config reads.
+    Print(crate::exec_args::ExecArgs),
 }
 
 #[derive(Debug, Clone, Args)]

@@ -50,6 +50,10 @@ pub enum Error {
     DefaultGuest(String),
     #[error("test host: {0}")]
     TestHost(String),
+    #[error("API socket {0}")]
+    Api(String),
+    #[error("{0}")]
+    Exec(String),
     #[error("event loop: {0}")]
     EventLoop(String),
     #[error("seccomp: {0} (--seccomp=off runs without filters)")]

@@ -1,15 +1,23 @@
 //! kvmrun: a KVM-based virtual machine monitor.
 
+mod api;
 mod bench;
 mod boot_report;
 mod cli;
+mod config;
 mod console;
+mod dir_disk;
 mod error;
+mod events;
+mod exec;
+mod exec_args;
 mod host_check;
 mod memory;
 mod msi_routing;
+mod pause;
 mod pci_devices;
 mod resources;
+mod run_control;
 mod seccomp;
 mod seccomp_probe;
 mod termination;
@@ -23,12 +31,21 @@ use std::time::Instant;
 use clap::Parser;
 
 use crate::boot_report::BootTimeline;
-use crate::cli::{BootReportFormat, Cli, Command, RunArgs};
+use crate::cli::{BootReportFormat, Cli, Command, ConfigCommand, RunArgs};
 use crate::error::Error;
 
 fn main() {
     let start = Instant::now();
-    let cli = Cli::parse();
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let cli = match Cli::try_parse_from(&argv) {
+        Ok(cli) => cli,
+        // exec documents 125 for its own errors, malformed options included.
+        Err(e) if e.use_stderr() && subcommand(&argv) == Some("exec".into()) => {
+            let _ = e.print();
+            std::process::exit(exec::EXIT_KVMRUN_ERROR);
+        }
+        Err(e) => e.exit(),
+    };
     env_logger::Builder::new()
         .filter_level(cli.log_level)
         .parse_env("RUST_LOG")
@@ -38,6 +55,21 @@ fn main() {
     let status = match cli.command {
         Command::Run(args) => run(args, start),
         Command::Bench(args) => bench::run(args),
+        Command::Exec(_) => {
+            std::process::exit(exec::main(&exec::words_after(&argv, &["exec"]), start))
+        }
+        Command::Config(ConfigCommand::Print(_)) => {
+            match config::effective(&exec::words_after(&argv, &["config", "print"])) {
+                Ok(e) => {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&e.config).unwrap_or_default()
+                    );
+                    Ok(0)
+                }
+                Err(e) => Err(Error::Exec(e.to_string())),
+            }
+        }
     };
     match status {
         Ok(code) => std::process::exit(code),
@@ -46,6 +78,19 @@ fn main() {
             std::process::exit(1);
         }
     }
+}
+
+/// The subcommand word of a command line (the first word that is not a global option).
+fn subcommand(argv: &[std::ffi::OsString]) -> Option<String> {
+    let mut words = argv.iter().skip(1).map(|a| a.to_string_lossy());
+    while let Some(w) = words.next() {
+        if w == "--log-level" {
+            words.next();
+        } else if !w.starts_with('-') {
+            return Some(w.into_owned());
+        }
+    }
+    None
 }
 
 fn run(args: RunArgs, start: Instant) -> Result<i32, Error> {

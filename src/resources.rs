@@ -54,6 +54,12 @@ pub fn build(script: &str, args: &[&str]) -> Result<Vec<PathBuf>, String> {
 /// The default guest: kernel (bzImage) and initramfs, built on first use and cached.
 pub fn default_guest() -> Result<(PathBuf, PathBuf), Error> {
     eprintln!("kvmrun: preparing the default guest (built once, then cached)");
+    locate_default_guest()
+}
+
+/// `default_guest` without the announcement (exec's stderr belongs to the command). Safe to
+/// call from many processes at once: the builders build under a lock and rename into place.
+pub fn locate_default_guest() -> Result<(PathBuf, PathBuf), Error> {
     let kernel = build("guest/build-kernel.sh", &[]).map_err(Error::DefaultGuest)?;
     let initrd = build("guest/build-initramfs.sh", &[]).map_err(Error::DefaultGuest)?;
     // The kernel builder prints the bzImage first (then the ELF vmlinux).

@@ -43,7 +43,7 @@ pub fn forwarded_args(
         // Insert right after the `run` subcommand so it precedes any trailing arguments.
         let at = out
             .iter()
-            .position(|a| a == "run")
+            .position(|a| a == "run" || a == "exec")
             .map_or(out.len(), |i| i + 1);
         let mut extra = vec![OsString::from("--kernel"), kernel.as_os_str().to_owned()];
         if let Some(i) = initrd {
@@ -88,6 +88,16 @@ mod tests {
                 "--cpus",
                 "2"
             ])
+        );
+    }
+
+    #[test]
+    fn exec_gets_the_default_guest_before_its_command() {
+        let args = os(&["kvmrun", "exec", "--testhost", "--", "echo", "run"]);
+        let out = forwarded_args(args.into_iter(), Path::new("/k"), Some(Path::new("/i")));
+        assert_eq!(
+            out,
+            os(&["exec", "--kernel", "/k", "--initrd", "/i", "--", "echo", "run"])
         );
     }
 

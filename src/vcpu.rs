@@ -109,6 +109,8 @@ pub struct VcpuContext {
     pub exit: Arc<ExitSignal>,
     pub timeline: Arc<BootTimeline>,
     pub counters: Arc<ExitCounters>,
+    /// Parks this vCPU between runs while the VM is paused.
+    pub pause: Arc<crate::pause::PauseGate>,
 }
 
 /// Starts the thread that runs `vcpu` until the VM stops.
@@ -133,6 +135,10 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
         ctx.timeline.kernel_entry();
     }
     while !ctx.exit.is_requested() {
+        ctx.pause.park_if_paused(&ctx.exit);
+        if ctx.exit.is_requested() {
+            break;
+        }
         match vcpu.run() {
             Ok(exit) => {
                 if let Some(reason) = handle_exit(index, exit, &ctx) {

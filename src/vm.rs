@@ -27,8 +27,11 @@ use crate::boot_report::BootTimeline;
 use crate::cli::ConsoleMode;
 use crate::console::{ConsoleInput, RawModeGuard};
 use crate::error::Error;
+use crate::events::{self, EventLog};
 use crate::host_check::{host_memory_bytes, KvmFlavor};
 use crate::memory::{create_guest_memory, register_with_kvm, GuestMemory};
+use crate::pause::PauseGate;
+use crate::run_control::RunControl;
 use crate::vcpu::{self, BootEntry, ExitCounters, VcpuContext};
 
 /// Everything that defines one VM, resolved from the command line.
@@ -52,6 +55,9 @@ pub struct RunOutcome {
     pub reason: String,
 }
 
+/// COM2 as on a PC: the guest's ttyS1.
+const COM2_PORT: u64 = 0x2f8;
+
 /// What KVM must offer; checked up front so a missing feature is one clear line, not an EINVAL later.
 const REQUIRED_CAPS: [(Cap, &str); 8] = [
     (Cap::Irqchip, "KVM_CAP_IRQCHIP"),
@@ -66,6 +72,15 @@ const REQUIRED_CAPS: [(Cap, &str); 8] = [
 
 /// Builds the VM described by `cfg`, runs it to the end, and says how it ended.
 pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Error> {
+    run_with(cfg, timeline, RunControl::default())
+}
+
+/// `run`, with the additions `ctl` asks for (time limit, events, API socket, console writers).
+pub fn run_with(
+    cfg: &VmConfig,
+    timeline: Arc<BootTimeline>,
+    mut ctl: RunControl,
+) -> Result<RunOutcome, Error> {
     check_host(cfg)?;
 
     let kvm = Kvm::new().map_err(Error::OpenKvm)?;
@@ -80,6 +95,7 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
     }
 
     let vm = Arc::new(kvm.create_vm().map_err(Error::kvm("KVM_CREATE_VM"))?);
+    events::emit(&ctl.events, "created", serde_json::Value::Null);
     // Order matters: TSS and identity map before the irqchip and the first vCPU, the PIT after
     // the irqchip (see shared/rust-vmm-notes.md).
     vm.set_tss_address(boot::layout::KVM_TSS_ADDR as usize)
@@ -105,10 +121,15 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
             vm.create_pit2(pit).map_err(Error::kvm("KVM_CREATE_PIT2"))?;
             register_with_kvm(&vm, &mem)
         });
-        let machine = build_devices(cfg, &vm, &mem, &exit, &timeline).and_then(|m| {
-            let entry = load_guest(cfg, &mem, &m.irq_routes)?;
-            Ok((m, entry))
-        });
+        let writers = ConsoleWriters {
+            com1: ctl.console_out.take(),
+            com2: ctl.com2_out.take(),
+        };
+        let machine = build_devices(cfg, writers, &vm, &mem, &exit, &timeline, &ctl.events)
+            .and_then(|m| {
+                let entry = load_guest(cfg, &mem, &m.irq_routes, m.com2.is_some())?;
+                Ok((m, entry))
+            });
         let kvm_setup = kvm_setup
             .join()
             .unwrap_or_else(|_| Err(Error::Device("KVM set-up thread panicked".into())));
@@ -116,6 +137,7 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
     });
     kvm_setup?;
     let (mut machine, boot_entry) = machine?;
+    events::emit(&ctl.events, "kernel-loaded", serde_json::Value::Null);
 
     let counters = Arc::new(ExitCounters::default());
     let mut vcpus = Vec::with_capacity(usize::from(cfg.cpus));
@@ -144,6 +166,25 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
         event_loop.manager.add_subscriber(s);
     }
 
+    let pause = Arc::new(PauseGate::default());
+    let api = match &ctl.api_socket {
+        Some(path) => Some(
+            crate::api::Server::start(
+                path,
+                crate::api::Context {
+                    exit: exit.clone(),
+                    pause: pause.clone(),
+                    guest_input: machine.com2.clone(),
+                    events: ctl.events.clone(),
+                    timeline: timeline.clone(),
+                    vcpus: cfg.cpus,
+                },
+            )
+            .map_err(|e| Error::Api(format!("{}: {e}", path.display())))?,
+        ),
+        None => None,
+    };
+
     let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(vcpus.len());
     for (index, fd) in vcpus.into_iter().enumerate() {
         let ctx = VcpuContext {
@@ -152,6 +193,7 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
             exit: exit.clone(),
             timeline: timeline.clone(),
             counters: counters.clone(),
+            pause: pause.clone(),
         };
         match vcpu::spawn(index as u8, fd, ctx) {
             Ok(t) => threads.push(t),
@@ -169,8 +211,18 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
         stop_vcpus(threads);
         return Err(e.into());
     }
-    let loop_result = event_loop.run_until_exit(&exit);
+    pause.set_threads(threads.iter().map(|t| t.as_pthread_t()).collect());
+    events::emit(
+        &ctl.events,
+        "vcpus-started",
+        serde_json::json!({ "vcpus": threads.len() }),
+    );
+    let deadline = ctl.timeout.map(|t| Instant::now() + t);
+    let loop_result = event_loop.run_until_exit(&exit, deadline);
     timeline.stop();
+    // No pause may kick the vCPU threads once they are being joined.
+    pause.close();
+    drop(api);
     // The loop also ends on a host signal, which devices know nothing of: make the stop
     // official so the vCPU threads see it (the first recorded reason is kept).
     exit.request(if loop_result.is_err() {
@@ -185,6 +237,9 @@ pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Er
         guest_resident: crate::memory::resident_bytes(&mem),
     });
     machine.serial.flush_output();
+    if let Some(com2) = &machine.com2 {
+        com2.flush_output();
+    }
     loop_result?;
     drop(wake);
 
@@ -205,13 +260,7 @@ fn outcome(reason: Option<ExitReason>, signal: Option<i32>) -> RunOutcome {
         },
         (Some(r), None) => RunOutcome {
             status: r.exit_status(),
-            reason: match r {
-                ExitReason::Reset => "reset".into(),
-                ExitReason::PowerOff => "poweroff".into(),
-                ExitReason::DebugExit(n) => format!("debug-exit {n}"),
-                ExitReason::Quit => "quit".into(),
-                ExitReason::Fatal => "vcpu-error".into(),
-            },
+            reason: r.to_string(),
         },
         (None, None) => RunOutcome {
             status: ExitReason::Fatal.exit_status(),
@@ -241,6 +290,7 @@ fn load_guest(
     cfg: &VmConfig,
     mem: &GuestMemory,
     pci_irqs: &[boot::PciIrqRoute],
+    com2: bool,
 ) -> Result<BootEntry, Error> {
     let mut kernel_file = File::open(&cfg.kernel).map_err(Error::file("kernel", &cfg.kernel))?;
     let kernel = boot::kernel::load_kernel(mem, &mut kernel_file)?;
@@ -280,6 +330,7 @@ fn load_guest(
         cfg.cpus,
         &boot::acpi::AcpiPciConfig {
             irq_routes: pci_irqs.to_vec(),
+            com2,
         },
     )?;
     let gdt = boot::gdt::write_gdt(mem)?;
@@ -302,26 +353,37 @@ struct Machine {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     serial: Arc<Serial>,
+    /// The second UART, when the run asked for one.
+    com2: Option<Arc<Serial>>,
     irq_routes: Vec<boot::PciIrqRoute>,
     intx_resamplers: Vec<crate::pci_devices::IntxResample>,
 }
 
+/// Host writers that replace the console's (COM1) and add a COM2.
+struct ConsoleWriters {
+    com1: Option<Box<dyn Write + Send>>,
+    com2: Option<Box<dyn Write + Send>>,
+}
+
 fn build_devices(
     cfg: &VmConfig,
+    writers: ConsoleWriters,
     vm: &Arc<VmFd>,
     mem: &GuestMemory,
     exit: &Arc<ExitSignal>,
     timeline: &Arc<BootTimeline>,
+    events: &Option<Arc<EventLog>>,
 ) -> Result<Machine, Error> {
     let dev_err = |what: &str, e: &dyn std::fmt::Display| Error::Device(format!("{what}: {e}"));
 
     let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err("serial irq eventfd", &e))?;
     vm.register_irqfd(&serial_irq, boot::layout::SERIAL_IRQ as u32)
         .map_err(|e| dev_err("serial irqfd", &e))?;
-    let out: Box<dyn Write + Send> = match &cfg.console {
-        ConsoleMode::Stdio => Box::new(std::io::stdout()),
-        ConsoleMode::None => Box::new(std::io::sink()),
-        ConsoleMode::File(path) => {
+    let out: Box<dyn Write + Send> = match (writers.com1, &cfg.console) {
+        (Some(w), _) => w,
+        (None, ConsoleMode::Stdio) => Box::new(std::io::stdout()),
+        (None, ConsoleMode::None) => Box::new(std::io::sink()),
+        (None, ConsoleMode::File(path)) => {
             Box::new(File::create(path).map_err(Error::file("console file", path))?)
         }
     };
@@ -330,7 +392,11 @@ fn build_devices(
     serial.set_first_output_hook(Box::new(move || t.first_console_byte()));
 
     let t = timeline.clone();
-    let boot_complete = BootComplete::new(Some(Box::new(move |at| t.boot_complete(at))));
+    let ev = events.clone();
+    let boot_complete = BootComplete::new(Some(Box::new(move |at| {
+        t.boot_complete(at);
+        events::emit(&ev, "boot-complete", serde_json::Value::Null);
+    })));
 
     let mut pio = Bus::new();
     let insert = |bus: &mut Bus, base: u64, len: u64, dev: Arc<dyn devices::bus::BusDevice>| {
@@ -338,6 +404,17 @@ fn build_devices(
             .map_err(|e| dev_err(&format!("port {base:#x}"), &e))
     };
     insert(&mut pio, 0x3f8, 8, serial.clone())?;
+    let com2 = match writers.com2 {
+        Some(out) => {
+            let irq = EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err("COM2 irq eventfd", &e))?;
+            vm.register_irqfd(&irq, boot::layout::COM2_IRQ as u32)
+                .map_err(|e| dev_err("COM2 irqfd", &e))?;
+            let com2 = Arc::new(Serial::new(irq, out));
+            insert(&mut pio, COM2_PORT, 8, com2.clone())?;
+            Some(com2)
+        }
+        None => None,
+    };
     insert(&mut pio, 0x60, 5, Arc::new(I8042::new(exit.clone())))?;
     insert(&mut pio, 0x501, 1, Arc::new(DebugExit::new(exit.clone())))?;
     insert(&mut pio, 0x502, 1, Arc::new(boot_complete))?;
@@ -361,6 +438,7 @@ fn build_devices(
         pio: Arc::new(pio),
         mmio: Arc::new(mmio),
         serial,
+        com2,
         irq_routes: pci.irq_routes,
         intx_resamplers: pci.intx_resamplers,
     })
@@ -410,15 +488,29 @@ impl MainLoop {
         Ok(MainLoop { manager, console })
     }
 
-    fn run_until_exit(&mut self, exit: &ExitSignal) -> Result<(), Error> {
+    /// Runs until a stop is requested; past `deadline`, requests one itself (reason timeout).
+    fn run_until_exit(
+        &mut self,
+        exit: &ExitSignal,
+        deadline: Option<Instant>,
+    ) -> Result<(), Error> {
         while !exit.is_requested() && crate::termination::received().is_none() {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                exit.request(ExitReason::Timeout);
+                break;
+            }
             // Poll briefly only while console bytes wait for room in the UART FIFO; otherwise
             // sleep until something happens (no busy polling when idle).
             let pending = self
                 .console
                 .as_ref()
                 .is_some_and(|c| c.lock().map(|c| c.has_pending()).unwrap_or(false));
-            let timeout = if pending { 5 } else { -1 };
+            let mut timeout = if pending { 5 } else { -1 };
+            if let Some(left) = left {
+                let ms = i32::try_from(left.as_millis() + 1).unwrap_or(i32::MAX);
+                timeout = if timeout < 0 { ms } else { timeout.min(ms) };
+            }
             self.manager
                 .run_with_timeout(timeout)
                 .map_err(|e| Error::EventLoop(e.to_string()))?;

@@ -18,7 +18,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::layout::{
     ACPI_END, ACPI_S5_SLP_TYP, ACPI_SLEEP_CONTROL_PORT, ACPI_SLEEP_STATUS_PORT, ACPI_START,
-    IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO32_END, PCI_MMIO32_START, SERIAL_IRQ,
+    COM2_IRQ, IOAPIC_ADDR, LAPIC_ADDR, PCI_MMIO32_END, PCI_MMIO32_START, SERIAL_IRQ,
 };
 pub use crate::PciIrqRoute;
 use crate::{Error, Result};
@@ -28,6 +28,9 @@ use crate::{Error, Result};
 pub struct AcpiPciConfig {
     /// One entry per (device, pin) that has an interrupt.
     pub irq_routes: Vec<PciIrqRoute>,
+    /// Also describe COM2 (0x2f8, IRQ 3). A hardware-reduced ACPI platform has no legacy ISA
+    /// interrupts, so Linux can only use a UART's IRQ when the DSDT names it.
+    pub com2: bool,
 }
 
 /// First GSI used for PCI INTx: the IOAPIC pins above the 16 ISA IRQs.
@@ -228,7 +231,8 @@ fn prt_address(device: u8) -> u32 {
     (u32::from(device) << 16) | 0xffff
 }
 
-/// The DSDT: `\_S5_`, `\_SB.PCI0` (host bridge with `_CRS` and `_PRT`) and `\_SB.COM1`.
+/// The DSDT: `\_S5_`, `\_SB.PCI0` (host bridge with `_CRS` and `_PRT`), `\_SB.COM1` and,
+/// when asked, `\_SB.COM2`.
 pub fn build_dsdt(pci: &AcpiPciConfig) -> Result<Vec<u8>> {
     for (i, r) in pci.irq_routes.iter().enumerate() {
         r.validate()?;
@@ -299,7 +303,19 @@ pub fn build_dsdt(pci: &AcpiPciConfig) -> Result<Vec<u8>> {
     let com_crs_name = Name::new("_CRS".into(), &com_crs);
     let com1 = Device::new("COM1".into(), vec![&com_hid, &com_uid, &com_crs_name]);
 
-    Scope::new("\\_SB_".into(), vec![&pci0, &com1]).to_aml_bytes(&mut body);
+    // COM2 likewise: 8 ports at 0x2f8, edge IRQ 3 active high.
+    let com2_uid = Name::new("_UID".into(), &aml::ONE);
+    let com2_io = IO::new(0x2f8, 0x2f8, 1, 8);
+    let com2_irq = Interrupt::new(true, true, false, false, COM2_IRQ as u32);
+    let com2_crs = ResourceTemplate::new(vec![&com2_io, &com2_irq]);
+    let com2_crs_name = Name::new("_CRS".into(), &com2_crs);
+    let com2 = Device::new("COM2".into(), vec![&com_hid, &com2_uid, &com2_crs_name]);
+
+    let mut devices: Vec<&dyn Aml> = vec![&pci0, &com1];
+    if pci.com2 {
+        devices.push(&com2);
+    }
+    Scope::new("\\_SB_".into(), devices).to_aml_bytes(&mut body);
 
     let mut t = Sdt::new(b"DSDT", DSDT_REVISION);
     t.0.extend_from_slice(&body);
@@ -433,6 +449,7 @@ mod tests {
 
     fn cfg() -> AcpiPciConfig {
         AcpiPciConfig {
+            com2: false,
             irq_routes: pci_irq_routes(1..32),
         }
     }
@@ -524,6 +541,13 @@ mod tests {
         assert_eq!(&d[s5 + 7..s5 + 13], &[4, 0x0a, 5, 0x0a, 5, 0]);
         assert!(find(&d, b"PCI0").is_some());
         assert!(find(&d, b"COM1").is_some());
+        assert!(find(&d, b"COM2").is_none());
+        let with_com2 = build_dsdt(&AcpiPciConfig {
+            com2: true,
+            ..cfg()
+        })
+        .unwrap();
+        assert!(find(&with_com2, b"COM2").is_some());
         assert!(find(&d, b"_PRT").is_some());
         // EISAID("PNP0A08") = 0x080ad041, ("PNP0A03") = 0x030ad041, ("PNP0501") = 0x0105d041.
         assert!(find(&d, &[0x0c, 0x41, 0xd0, 0x0a, 0x08]).is_some());
@@ -545,6 +569,7 @@ mod tests {
     #[test]
     fn bad_routes_and_cpu_counts() {
         let dup = AcpiPciConfig {
+            com2: false,
             irq_routes: vec![
                 PciIrqRoute {
                     device: 1,
@@ -563,6 +588,7 @@ mod tests {
             Err(Error::InvalidPciIrqRoute { .. })
         ));
         let bad_pin = AcpiPciConfig {
+            com2: false,
             irq_routes: vec![PciIrqRoute {
                 device: 1,
                 pin: 4,

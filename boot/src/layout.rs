@@ -63,6 +63,8 @@ pub const ACPI_SLEEP_STATUS_PORT: u64 = 0x601;
 pub const ACPI_S5_SLP_TYP: u64 = 5;
 /// COM1 interrupt (ISA IRQ 4 = IOAPIC pin 4).
 pub const SERIAL_IRQ: u64 = 4;
+/// COM2 interrupt (ISA IRQ 3 = IOAPIC pin 3).
+pub const COM2_IRQ: u64 = 3;
 /// Number of IOAPIC inputs (the KVM in-kernel IOAPIC has 24).
 pub const IOAPIC_NUM_PINS: u64 = 24;
 

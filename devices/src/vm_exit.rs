@@ -25,15 +25,21 @@ pub enum ExitReason {
     Quit,
     /// A vCPU failed (triple fault, internal error, failed entry); details logged by the VMM.
     Fatal,
+    /// The run's time limit passed before the guest stopped.
+    Timeout,
+    /// The VMM's controller (e.g. its API socket) stopped the VM at once.
+    Stopped,
 }
 
 impl ExitReason {
     /// The process exit status for this reason.
     pub fn exit_status(&self) -> i32 {
         match self {
-            ExitReason::Reset | ExitReason::PowerOff | ExitReason::Quit => 0,
+            ExitReason::Reset | ExitReason::PowerOff | ExitReason::Quit | ExitReason::Stopped => 0,
             ExitReason::DebugExit(n) => i32::from(*n),
             ExitReason::Fatal => 2,
+            // As timeout(1) does.
+            ExitReason::Timeout => 124,
         }
     }
 }
@@ -46,6 +52,8 @@ impl fmt::Display for ExitReason {
             ExitReason::DebugExit(n) => write!(f, "debug-exit {n}"),
             ExitReason::Quit => f.write_str("quit"),
             ExitReason::Fatal => f.write_str("vcpu-error"),
+            ExitReason::Timeout => f.write_str("timeout"),
+            ExitReason::Stopped => f.write_str("stopped"),
         }
     }
 }
@@ -116,6 +124,8 @@ mod tests {
         assert_eq!(ExitReason::PowerOff.exit_status(), 0);
         assert_eq!(ExitReason::Quit.exit_status(), 0);
         assert_eq!(ExitReason::Fatal.exit_status(), 2);
+        assert_eq!(ExitReason::Timeout.exit_status(), 124);
+        assert_eq!(ExitReason::Stopped.exit_status(), 0);
         for n in [0u8, 1, 3, 255] {
             assert_eq!(ExitReason::DebugExit(n).exit_status(), i32::from(n));
         }

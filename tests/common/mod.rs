@@ -103,6 +103,8 @@ pub enum PayloadEnd {
     OutByte(u16, u8),
     /// Writes to `port` in an endless loop: one VM exit per iteration, for as long as it runs.
     OutLoop(u16),
+    /// Prints '.' on the UART forever, one every `n` iterations of a delay loop.
+    Spin(u32),
 }
 
 /// Address the payload is linked and loaded at: 1 MiB, where kvmrun loads ELF kernels.
@@ -149,6 +151,16 @@ pub fn payload_code(message: &[u8], boot_complete: bool, end: PayloadEnd) -> Vec
         PayloadEnd::OutByte(port, value) => {
             let [lo, hi] = port.to_le_bytes();
             code.extend_from_slice(&[0x66, 0xBA, lo, hi, 0xB0, value, 0xEE]) // out port, value
+        }
+        PayloadEnd::Spin(n) => {
+            code.extend_from_slice(&[0x66, 0xBA, 0xF8, 0x03]); // mov dx, 0x3f8
+            let top = code.len();
+            code.push(0xB9); // mov ecx, n
+            code.extend_from_slice(&n.to_le_bytes());
+            code.extend_from_slice(&[0xFF, 0xC9, 0x75, 0xFC]); // delay: dec ecx; jnz delay
+            code.extend_from_slice(&[0xB0, b'.', 0xEE]); // mov al, '.'; out dx, al
+            let rel = top as i64 - (code.len() as i64 + 2);
+            code.extend_from_slice(&[0xEB, rel as i8 as u8]); // jmp top
         }
     }
     let hlt = code.len();
