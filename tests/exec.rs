@@ -226,12 +226,23 @@ fn spawn_exec(opts: &[&str], command: &[&str]) -> std::process::Child {
 
 #[test]
 #[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
-fn pause_and_resume_lose_no_output() {
+fn pause_and_resume_lose_no_output_or_disk_data() {
     let dir = scratch_dir("exec-pause");
     let sock = dir.join("api.sock");
-    let script = "i=0; while [ $i -lt 40 ]; do echo line$i; i=$((i+1)); sleep 0.05; done";
+    let out_dir = scratch_dir("exec-pause-out");
+    let disk = format!("dir={},mount=/out", out_dir.display());
+    // Each line goes to stdout and, synced, to a file on a dir= disk.
+    let script = "i=0; while [ $i -lt 40 ]; do echo line$i; echo line$i >> /out/log; \
+                  sync; i=$((i+1)); sleep 0.05; done";
     let child = spawn_exec(
-        &["--api-socket", sock.to_str().unwrap(), "--cpus", "2"],
+        &[
+            "--api-socket",
+            sock.to_str().unwrap(),
+            "--cpus",
+            "2",
+            "--disk",
+            &disk,
+        ],
         &["sh", "-c", script],
     );
     let mut api = Api::connect(&sock);
@@ -247,7 +258,9 @@ fn pause_and_resume_lose_no_output() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let want: String = (0..40).map(|i| format!("line{i}\n")).collect();
     assert_eq!(text(&out.stdout), want);
+    assert_eq!(std::fs::read_to_string(out_dir.join("log")).unwrap(), want);
     let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&out_dir);
 }
 
 #[test]
