@@ -82,28 +82,45 @@ fn plot_err(path: &Path) -> impl Fn(String) -> BenchError + '_ {
     move |e| BenchError::Plot(path.display().to_string(), e)
 }
 
-/// MFLOP/s (median) over matrix size (log scale), one line per target and thread count.
+/// One line of a line plot: its label, its style and its (x, y) points.
+type Line = (String, ShapeStyle, Vec<(f64, f64)>);
+
+/// The color of a target, the same in every plot.
+fn target_color(t: Target) -> RGBColor {
+    COLORS[Target::ALL.iter().position(|x| *x == t).unwrap_or(0)]
+}
+
+/// MFLOP/s (median) over matrix size (log scale), one line per target and thread count: color
+/// by target, fainter with more threads.
 fn matmul(r: &Results, path: &Path) -> Result<bool, BenchError> {
-    let mut series: Vec<(String, Vec<(f64, f64)>)> = Vec::new();
+    let mut series: Vec<Line> = Vec::new();
+    let mut shades: Vec<(Target, f64)> = Vec::new();
     for m in r.measurements.iter().filter(|m| m.suite == "cpu") {
         let (Some(t), Some(n)) = (param(m, "threads"), param(m, "n")) else {
             continue;
         };
         let label = format!("{} {t} thread(s)", m.target.label());
         let point = (n, m.summary.median);
-        match series.iter_mut().find(|(l, _)| *l == label) {
-            Some((_, pts)) => pts.push(point),
-            None => series.push((label, vec![point])),
+        match series.iter_mut().find(|(l, _, _)| *l == label) {
+            Some((_, _, pts)) => pts.push(point),
+            None => {
+                let k = shades.iter().filter(|(x, _)| *x == m.target).count();
+                shades.push((m.target, t));
+                let style = target_color(m.target)
+                    .mix(1.0 - 0.3 * k.min(2) as f64)
+                    .stroke_width(2);
+                series.push((label, style, vec![point]));
+            }
         }
     }
     if series.is_empty() {
         return Ok(false);
     }
-    let xs = series.iter().flat_map(|(_, p)| p.iter().map(|x| x.0));
+    let xs = series.iter().flat_map(|(_, _, p)| p.iter().map(|x| x.0));
     let (x0, x1) = xs.fold((f64::MAX, 0f64), |(a, b), x| (a.min(x), b.max(x)));
     let ymax = series
         .iter()
-        .flat_map(|(_, p)| p.iter().map(|x| x.1))
+        .flat_map(|(_, _, p)| p.iter().map(|x| x.1))
         .fold(0f64, f64::max);
     let e = plot_err(path);
     let root = SVGBackend::new(path, (800, 500)).into_drawing_area();
@@ -116,27 +133,30 @@ fn matmul(r: &Results, path: &Path) -> Result<bool, BenchError> {
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(60)
-        .build_cartesian_2d((x0 * 0.9..x1 * 1.1).log_scale(), 0f64..ymax * 1.15)
+        // Headroom above the lines for the legend.
+        .build_cartesian_2d((x0 * 0.9..x1 * 1.1).log_scale(), 0f64..ymax * 1.5)
         .map_err(|x| e(x.to_string()))?;
     chart
         .configure_mesh()
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .x_desc("matrix size N (N x N doubles)")
         .y_desc("MFLOP/s")
         .draw()
         .map_err(|x| e(x.to_string()))?;
-    for (i, (label, pts)) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+    for (label, style, pts) in &series {
+        let style = *style;
         chart
-            .draw_series(LineSeries::new(pts.clone(), color.stroke_width(2)))
+            .draw_series(LineSeries::new(pts.clone(), style))
             .map_err(|x| e(x.to_string()))?
             .label(label.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], style));
         chart
-            .draw_series(pts.iter().map(|p| Circle::new(*p, 3, color.filled())))
+            .draw_series(pts.iter().map(|p| Circle::new(*p, 3, style.filled())))
             .map_err(|x| e(x.to_string()))?;
     }
     chart
         .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()
@@ -220,7 +240,7 @@ fn bars(
         .map_err(|x| e(x.to_string()))?;
     let width = 0.8 / targets.len() as f64;
     for (ti, t) in targets.iter().enumerate() {
-        let color = COLORS[ti % COLORS.len()];
+        let color = target_color(*t);
         let rects: Vec<Rectangle<(f64, f64)>> = names
             .iter()
             .enumerate()
@@ -287,7 +307,7 @@ fn boot(r: &Results, path: &Path) -> Result<bool, BenchError> {
         .draw()
         .map_err(|x| e(x.to_string()))?;
     for (i, m) in ms.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let color = target_color(m.target);
         let n = m.values.len().max(1) as f64;
         chart
             .draw_series(m.values.iter().enumerate().map(|(k, v)| {

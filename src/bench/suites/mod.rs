@@ -160,6 +160,24 @@ mod tests {
     }
 
     #[test]
+    fn a_missing_qemu_is_a_skip_with_its_reason_not_a_silent_drop() {
+        let mut b = bench(true);
+        b.qemu_unavailable = Some("qemu-system-x86_64 not found".into());
+        assert_eq!(b.guest_targets(), [Target::Kvmrun]);
+        b.note_qemu_skip("cpu");
+        assert!(
+            matches!(&b.rec.outcomes[..], [super::super::results::Outcome::Skipped(u)]
+            if u.target == Some(Target::Qemu) && u.reason.contains("not found"))
+        );
+        // Without --compare qemu nothing is said about QEMU.
+        let mut b = bench(true);
+        b.args.compare = None;
+        assert_eq!(b.guest_targets(), [Target::Kvmrun]);
+        b.note_qemu_skip("cpu");
+        assert!(b.rec.outcomes.is_empty());
+    }
+
+    #[test]
     fn steps_count_every_host_run_and_guest_boot() {
         let b = bench(true);
         // cpu: host + one guest per target (kvmrun, qemu); quick has no overcommit guests.
