@@ -13,6 +13,8 @@ pub mod acpi_pm;
 pub mod bus;
 pub mod debug_port;
 pub mod e1000;
+#[cfg(test)]
+mod fuzz_corpus;
 pub mod i8042;
 pub mod log_once;
 pub mod net;

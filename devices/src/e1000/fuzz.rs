@@ -278,7 +278,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn corpus_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/e1000")
+        crate::fuzz_corpus::dir("e1000")
     }
 
     fn seeds() -> Vec<(&'static str, Vec<u8>)> {
@@ -365,16 +365,9 @@ mod tests {
     /// Replays every file of the cargo-fuzz corpus.
     #[test]
     fn corpus_replay() {
-        let dir = corpus_dir();
-        let entries = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("cannot read the seed corpus {}: {e}", dir.display()));
-        let mut n = 0;
-        for e in entries {
-            let p = e.unwrap().path();
-            run(&std::fs::read(&p).unwrap());
-            n += 1;
-        }
-        assert!(n >= 4, "seed corpus missing in {}", dir.display());
+        crate::fuzz_corpus::replay(&corpus_dir(), 4, |input| {
+            run(input);
+        });
     }
 
     /// Regenerates the seeds: `cargo test -p devices e1000_write_seed_corpus -- --ignored`.

@@ -439,7 +439,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn corpus_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/pci_config")
+        crate::fuzz_corpus::dir("pci_config")
     }
 
     fn config_u32(m: &Machine, slot: u8, reg: u8) -> u32 {
@@ -483,30 +483,16 @@ mod tests {
     /// nightly toolchain.
     #[test]
     fn corpus_replay() {
-        let dir = corpus_dir();
-        let entries = std::fs::read_dir(&dir)
-            .unwrap_or_else(|e| panic!("cannot read the seed corpus {}: {e}", dir.display()));
-        let mut n = 0;
-        for entry in entries {
-            run(&std::fs::read(entry.unwrap().path()).unwrap());
-            n += 1;
-        }
-        assert!(
-            n >= seed_inputs().len(),
-            "seed corpus missing in {}",
-            dir.display()
-        );
+        crate::fuzz_corpus::replay(&corpus_dir(), seed_inputs().len(), |input| {
+            run(input);
+        });
     }
 
     /// Regenerates the seed corpus: `cargo test -p devices write_pci_seed_corpus -- --ignored`.
     #[test]
     #[ignore]
     fn write_pci_seed_corpus() {
-        let dir = corpus_dir();
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, input) in seed_inputs() {
-            std::fs::write(dir.join(format!("seed_{name}")), input).unwrap();
-        }
+        crate::fuzz_corpus::write_seeds(&corpus_dir(), &seed_inputs());
     }
 
     #[test]

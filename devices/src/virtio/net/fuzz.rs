@@ -273,7 +273,7 @@ mod tests {
     use std::path::PathBuf;
 
     fn corpus_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fuzz/corpus/virtio_net_tx")
+        crate::fuzz_corpus::dir("virtio_net_tx")
     }
 
     #[test]
@@ -295,33 +295,16 @@ mod tests {
     /// nightly toolchain.
     #[test]
     fn corpus_replay() {
-        let dir = corpus_dir();
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) => panic!("cannot read the seed corpus {}: {e}", dir.display()),
-        };
-        let mut n = 0;
-        for entry in entries {
-            let input = std::fs::read(entry.unwrap().path()).unwrap();
-            run(&input);
-            n += 1;
-        }
-        assert!(
-            n >= seed_inputs().len(),
-            "seed corpus missing in {}",
-            dir.display()
-        );
+        crate::fuzz_corpus::replay(&corpus_dir(), seed_inputs().len(), |input| {
+            run(input);
+        });
     }
 
     /// Regenerates the seed corpus: `cargo test -p devices write_net_seed_corpus -- --ignored`.
     #[test]
     #[ignore]
     fn write_net_seed_corpus() {
-        let dir = corpus_dir();
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, input) in seed_inputs() {
-            std::fs::write(dir.join(format!("seed_{name}")), input).unwrap();
-        }
+        crate::fuzz_corpus::write_seeds(&corpus_dir(), &seed_inputs());
     }
 
     #[test]
