@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# guest-tests.sh STATE_DIR TEST_BINARY...
+# Runs the ignored (guest-booting) tests of each TEST_BINARY inside the test host, one process per
+# test, and keeps its progress in STATE_DIR (a --share of run.sh, so it survives the test host):
+#   passed    names of the tests that passed (skipped on a later run)
+#   attempts  one line per start of a test (a test host that dies mid-test still counts it)
+#   failed    names of the tests that failed twice
+# Why one process per test and a state directory: in the test host a guest sometimes dies in early
+# boot, and the test host itself sometimes dies (its kernel faults in a kvmrun vCPU thread: QEMU
+# TCG's emulation of nested SVM, see the README). A failed test runs once more and says RETRIED;
+# if the test host dies, run-tests.sh starts a new one and this script carries on where it
+# stopped. A test that fails twice (by itself or by taking the test host down) fails the suite.
+# KVMRUN_TESTHOST_SKIP: words "--skip SUBSTRING" (libtest's syntax); matching tests are not run.
+set -uo pipefail
+state=${1:?usage: guest-tests.sh STATE_DIR TEST_BINARY...}
+shift
+touch "$state/passed" "$state/attempts" "$state/failed"
+
+skips=()
+read -ra words <<<"${KVMRUN_TESTHOST_SKIP:-}"
+for ((i = 0; i < ${#words[@]}; i++)); do
+  if [ "${words[i]}" = --skip ] && [ $((i + 1)) -lt ${#words[@]} ]; then
+    skips+=("${words[i + 1]}")
+    i=$((i + 1))
+  fi
+done
+
+skipped() {
+  local s
+  for s in "${skips[@]}"; do
+    case $1 in *"$s"*) return 0 ;; esac
+  done
+  return 1
+}
+
+tries() { grep -cxF -- "$1" "$state/attempts"; }
+
+rc=0
+for bin in "$@"; do
+  if ! names=$("$bin" --ignored --list --format terse | sed -n 's/: test$//p'); then
+    echo "guest-tests: cannot list the tests of $bin" >&2
+    rc=1
+    continue
+  fi
+  for name in $names; do
+    grep -qxF -- "$name" "$state/passed" && continue
+    if grep -qxF -- "$name" "$state/failed"; then rc=1; continue; fi
+    if skipped "$name"; then
+      echo "test $name ... skipped in the test host (KVMRUN_TESTHOST_SKIP)"
+      continue
+    fi
+    while :; do
+      n=$(tries "$name")
+      if [ "$n" -ge 2 ]; then
+        echo "guest-tests: FAILED $name: failed twice (or took the test host down)"
+        echo "$name" >>"$state/failed"
+        rc=1
+        break
+      fi
+      echo "$name" >>"$state/attempts"
+      sync "$state/attempts" 2>/dev/null || sync
+      if [ "$n" -ge 1 ]; then
+        echo "guest-tests: $name failed once (or the test host died during it); running it once more"
+      fi
+      if "$bin" --ignored --exact "$name" --test-threads=1 2>&1; then
+        echo "$name" >>"$state/passed"
+        [ "$n" -ge 1 ] && echo "guest-tests: RETRIED $name: failed once, passed on the second run"
+        break
+      fi
+    done
+  done
+done
+exit $rc
