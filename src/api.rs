@@ -18,12 +18,7 @@ use crate::boot_report::BootTimeline;
 use crate::events::{self, EventLog};
 use crate::pause::PauseGate;
 
-/// The line a graceful shutdown sends to the guest on COM2's receive side; the default guest's
-/// init (exec mode) answers it by sending SIGTERM to the command.
-pub const GUEST_SHUTDOWN_REQUEST: &[u8] = b"kvmrun:shutdown\n";
-
-/// How long a graceful shutdown waits for the guest before stopping it, unless the request says.
-const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+use crate::guest_shutdown::DEFAULT_GRACE;
 
 /// What the API acts on.
 #[derive(Clone)]
@@ -193,13 +188,13 @@ pub fn handle(req: Request, ctx: &Context) -> Value {
             grace_ms,
         } => {
             let grace = grace_ms.map_or(DEFAULT_GRACE, Duration::from_millis);
-            // A paused guest cannot act on the request.
-            ctx.pause.resume();
             let asked = match &ctx.guest_input {
-                Some(com2) => com2
-                    .enqueue_input(GUEST_SHUTDOWN_REQUEST)
-                    .is_ok_and(|n| n == GUEST_SHUTDOWN_REQUEST.len()),
-                None => false,
+                Some(com2) => crate::guest_shutdown::ask(com2, &ctx.pause),
+                None => {
+                    // A paused guest could not stop by itself within the grace period either.
+                    ctx.pause.resume();
+                    false
+                }
             };
             let exit = ctx.exit.clone();
             let _ = std::thread::Builder::new()

@@ -104,6 +104,12 @@ pub struct RunArgs {
     #[arg(long)]
     pub testhost: bool,
 
+    /// After SIGTERM, SIGINT or SIGHUP: how long the guest gets to shut down (it is asked on
+    /// COM2, see docs/api.md) before it is stopped; a second signal stops it at once. 0 stops
+    /// it at once. E.g. 500ms, 10s, 2m; a bare number is seconds.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub shutdown_grace: crate::exec_args::GraceArg,
+
     /// seccomp filters on every VM thread (vCPUs, device workers, main): `off` only to debug,
     /// e.g. to strace a new code path.
     #[arg(long, default_value = "on", value_name = "on|off")]

@@ -167,6 +167,7 @@ fn run(args: ExecArgs, start: Instant) -> Result<i32, Error> {
         api_socket: args.api_socket.clone(),
         console_out: Some(Box::new(panic)),
         com2_out: Some(Box::new(std::io::stdout())),
+        shutdown_grace: Some(args.shutdown_grace.0),
     };
     let timeline = Arc::new(BootTimeline::new(start));
     let outcome = crate::vm::run_with(&cfg, timeline.clone(), ctl)?;

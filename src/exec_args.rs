@@ -57,6 +57,11 @@ pub struct ExecArgs {
     #[arg(long, value_name = "DURATION")]
     pub timeout: Option<DurationArg>,
 
+    /// After SIGTERM, SIGINT or SIGHUP: how long the command gets to end (the guest sends it
+    /// SIGTERM) before the guest is stopped; a second signal stops it at once; 0: at once.
+    #[arg(long, default_value = "10s", value_name = "DURATION")]
+    pub shutdown_grace: GraceArg,
+
     /// Lifecycle events as JSON lines: json (to stderr) or file=PATH.
     #[arg(long, value_name = "json|file=PATH")]
     pub events: Option<EventsSpec>,
@@ -105,7 +110,23 @@ impl FromStr for ExecConsole {
     }
 }
 
-/// A duration as people write it: 500ms, 30s, 2m, 1h, or a bare number of seconds.
+/// A duration as people write it: 500ms, 30s, 2m, 1h, or a bare number of seconds; zero allowed.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("'{s}' is not a duration: use e.g. 500ms, 30s, 2m or 1h");
+    let t = s.trim();
+    let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, unit) = t.split_at(end);
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "" | "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?)),
+        "h" => Ok(Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?)),
+        _ => Err(bad()),
+    }
+}
+
+/// A time limit (`--timeout`): a duration above zero.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DurationArg(pub Duration);
 
@@ -113,22 +134,22 @@ impl FromStr for DurationArg {
     type Err = String;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || format!("'{s}' is not a duration: use e.g. 500ms, 30s, 2m or 1h");
-        let t = s.trim();
-        let end = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
-        let (num, unit) = t.split_at(end);
-        let n: u64 = num.parse().map_err(|_| bad())?;
-        let d = match unit {
-            "ms" => Duration::from_millis(n),
-            "" | "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
-            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
-            _ => return Err(bad()),
-        };
-        if d.is_zero() {
-            return Err(bad());
+        match parse_duration(s)? {
+            d if d.is_zero() => Err(format!("'{s}' is not a time limit: it must be above zero")),
+            d => Ok(DurationArg(d)),
         }
-        Ok(DurationArg(d))
+    }
+}
+
+/// `--shutdown-grace`: a duration, where zero means "stop at once".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GraceArg(pub Duration);
+
+impl FromStr for GraceArg {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        parse_duration(s).map(GraceArg)
     }
 }
 
@@ -213,6 +234,16 @@ mod tests {
         assert_eq!("7".parse(), Ok(DurationArg(Duration::from_secs(7))));
         for bad in ["", "0", "s", "1.5s", "3d", "-1s", "99999999999999999999h"] {
             assert!(bad.parse::<DurationArg>().is_err(), "{bad} parsed");
+        }
+    }
+
+    #[test]
+    fn shutdown_grace_may_be_zero() {
+        assert_eq!("0".parse(), Ok(GraceArg(Duration::ZERO)));
+        assert_eq!("0ms".parse(), Ok(GraceArg(Duration::ZERO)));
+        assert_eq!("1500ms".parse(), Ok(GraceArg(Duration::from_millis(1500))));
+        for bad in ["", "s", "-1", "1.5s", "10x"] {
+            assert!(bad.parse::<GraceArg>().is_err(), "{bad} parsed");
         }
     }
 

@@ -11,6 +11,7 @@ mod error;
 mod events;
 mod exec;
 mod exec_args;
+mod guest_shutdown;
 mod host_check;
 mod memory;
 mod msi_routing;
@@ -126,7 +127,11 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, Error> {
         seccomp::enable()?;
     }
     let timeline = Arc::new(BootTimeline::new(start));
-    let outcome = vm::run(&cfg, timeline.clone())?;
+    let ctl = run_control::RunControl {
+        shutdown_grace: Some(args.shutdown_grace.0),
+        ..Default::default()
+    };
+    let outcome = vm::run_with(&cfg, timeline.clone(), ctl)?;
     if outcome.reason == "vcpu-error" {
         eprintln!(
             "kvmrun: the guest stopped on a vCPU error (see the log above); exit status {}",

@@ -7,7 +7,7 @@ use devices::bus::{Bus, BusDevice};
 use devices::e1000::E1000;
 use devices::net::tap::Tap;
 use devices::pci::{BarReprogram, PciDevice, PciRoot};
-use devices::virtio::block::{DiskConfig, VirtioBlk};
+use devices::virtio::block::{DiskConfig, DiskImage, VirtioBlk};
 use devices::virtio::net::VirtioNet;
 use devices::virtio::pci_transport::{VirtioPciDevice, VIRTIO_BAR};
 use devices::virtio::{GuestMemoryAtomic, VirtioDevice};
@@ -28,6 +28,8 @@ const PCI_IO_SIZE: u64 = 0x4000;
 /// describe, and per device what its interrupt and notification plumbing needs.
 pub struct PciMachine {
     pub irq_routes: Vec<boot::PciIrqRoute>,
+    /// The virtio-blk devices' images, in --disk order.
+    pub disks: Vec<Arc<DiskImage>>,
     pub intx_resamplers: Vec<IntxResample>,
 }
 
@@ -56,6 +58,7 @@ pub fn build(
 
     let mut placed = Vec::new();
     let mut intx_resamplers = Vec::new();
+    let mut disk_images = Vec::new();
     let mut next_slot = 1u8;
     let mut take_slot = || -> Result<u8, Error> {
         let slot = next_slot;
@@ -73,6 +76,7 @@ pub fn build(
             serial: disk.serial.clone(),
         })
         .map_err(|e| Error::Disk(e.to_string()))?;
+        disk_images.push(blk.disk_image());
         let slot = take_slot()?;
         let (dev, resampler) = add_virtio(vm, mem, &routing, &mut root, slot, Box::new(blk))?;
         intx_resamplers.push(resampler);
@@ -143,6 +147,7 @@ pub fn build(
     insert(pio, w.base(), w.size(), w)?;
     Ok(PciMachine {
         irq_routes,
+        disks: disk_images,
         intx_resamplers,
     })
 }

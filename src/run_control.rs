@@ -17,6 +17,9 @@ pub struct RunControl {
     pub api_socket: Option<PathBuf>,
     /// Where COM1 (the guest's console) transmits; replaces what `VmConfig::console` names.
     pub console_out: Option<Box<dyn Write + Send>>,
-    /// Adds COM2 (ports 0x2f8-0x2ff, IRQ 3, the guest's ttyS1), transmitting here.
+    /// Where COM2 (ports 0x2f8-0x2ff, IRQ 3, the guest's ttyS1) transmits; discarded if None.
     pub com2_out: Option<Box<dyn Write + Send>>,
+    /// How long the guest gets to shut down after a host signal (None: the default, 10 s;
+    /// zero: stop at once).
+    pub shutdown_grace: Option<Duration>,
 }

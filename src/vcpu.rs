@@ -159,7 +159,7 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
     }
     // Stopped from outside (SIGTERM, SIGINT, a test's time limit): where the guest was says
     // why it had not finished (a hang, a busy loop, waiting for an interrupt).
-    if let Some(sig) = crate::termination::received() {
+    if let Some(ExitReason::Signal(sig)) = ctx.exit.reason() {
         log::warn!(
             "vCPU {index} stopped by signal {sig}: {}",
             describe_state(&vcpu)

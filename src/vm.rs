@@ -70,12 +70,8 @@ const REQUIRED_CAPS: [(Cap, &str); 8] = [
     (Cap::ExtCpuid, "KVM_CAP_EXT_CPUID"),
 ];
 
-/// Builds the VM described by `cfg`, runs it to the end, and says how it ended.
-pub fn run(cfg: &VmConfig, timeline: Arc<BootTimeline>) -> Result<RunOutcome, Error> {
-    run_with(cfg, timeline, RunControl::default())
-}
-
-/// `run`, with the additions `ctl` asks for (time limit, events, API socket, console writers).
+/// Builds the VM described by `cfg`, runs it to the end with the additions `ctl` asks for (time
+/// limit, events, API socket, console writers, shutdown grace), and says how it ended.
 pub fn run_with(
     cfg: &VmConfig,
     timeline: Arc<BootTimeline>,
@@ -127,7 +123,7 @@ pub fn run_with(
         };
         let machine = build_devices(cfg, writers, &vm, &mem, &exit, &timeline, &ctl.events)
             .and_then(|m| {
-                let entry = load_guest(cfg, &mem, &m.irq_routes, m.com2.is_some())?;
+                let entry = load_guest(cfg, &mem, &m.irq_routes)?;
                 Ok((m, entry))
             });
         let kvm_setup = kvm_setup
@@ -174,7 +170,7 @@ pub fn run_with(
                 crate::api::Context {
                     exit: exit.clone(),
                     pause: pause.clone(),
-                    guest_input: machine.com2.clone(),
+                    guest_input: Some(machine.com2.clone()),
                     events: ctl.events.clone(),
                     timeline: timeline.clone(),
                     vcpus: cfg.cpus,
@@ -218,13 +214,20 @@ pub fn run_with(
         serde_json::json!({ "vcpus": threads.len() }),
     );
     let deadline = ctl.timeout.map(|t| Instant::now() + t);
-    let loop_result = event_loop.run_until_exit(&exit, deadline);
+    let mut on_signal = crate::guest_shutdown::OnSignal::new(
+        ctl.shutdown_grace
+            .unwrap_or(crate::guest_shutdown::DEFAULT_GRACE),
+        machine.com2.clone(),
+        pause.clone(),
+        ctl.events.clone(),
+    );
+    let loop_result = event_loop.run_until_exit(&exit, deadline, &mut on_signal);
     timeline.stop();
     // No pause may kick the vCPU threads once they are being joined.
     pause.close();
     drop(api);
-    // The loop also ends on a host signal, which devices know nothing of: make the stop
-    // official so the vCPU threads see it (the first recorded reason is kept).
+    // The loop ends with a stop requested, or on an error: make the stop official so the
+    // vCPU threads see it (the first recorded reason is kept).
     exit.request(if loop_result.is_err() {
         ExitReason::Fatal
     } else {
@@ -237,8 +240,13 @@ pub fn run_with(
         guest_resident: crate::memory::resident_bytes(&mem),
     });
     machine.serial.flush_output();
-    if let Some(com2) = &machine.com2 {
-        com2.flush_output();
+    machine.com2.flush_output();
+    // What the guest wrote is durable when kvmrun exits, flushed by the guest or not (the
+    // guest's own flushes already were: VIRTIO_BLK_F_FLUSH).
+    for disk in &machine.disks {
+        if let Err(e) = disk.flush() {
+            log::error!("{}: flushing at exit failed: {e}", disk.path().display());
+        }
     }
     loop_result?;
     drop(wake);
@@ -249,20 +257,16 @@ pub fn run_with(
         counters.mmio.load(std::sync::atomic::Ordering::Relaxed),
         counters.other.load(std::sync::atomic::Ordering::Relaxed)
     );
-    Ok(outcome(exit.reason(), crate::termination::received()))
+    Ok(outcome(exit.reason()))
 }
 
-fn outcome(reason: Option<ExitReason>, signal: Option<i32>) -> RunOutcome {
-    match (reason, signal) {
-        (_, Some(sig)) => RunOutcome {
-            status: 128 + sig,
-            reason: format!("signal {sig}"),
-        },
-        (Some(r), None) => RunOutcome {
+fn outcome(reason: Option<ExitReason>) -> RunOutcome {
+    match reason {
+        Some(r) => RunOutcome {
             status: r.exit_status(),
             reason: r.to_string(),
         },
-        (None, None) => RunOutcome {
+        None => RunOutcome {
             status: ExitReason::Fatal.exit_status(),
             reason: "unknown".into(),
         },
@@ -290,7 +294,6 @@ fn load_guest(
     cfg: &VmConfig,
     mem: &GuestMemory,
     pci_irqs: &[boot::PciIrqRoute],
-    com2: bool,
 ) -> Result<BootEntry, Error> {
     let mut kernel_file = File::open(&cfg.kernel).map_err(Error::file("kernel", &cfg.kernel))?;
     let kernel = boot::kernel::load_kernel(mem, &mut kernel_file)?;
@@ -330,7 +333,7 @@ fn load_guest(
         cfg.cpus,
         &boot::acpi::AcpiPciConfig {
             irq_routes: pci_irqs.to_vec(),
-            com2,
+            com2: true,
         },
     )?;
     let gdt = boot::gdt::write_gdt(mem)?;
@@ -353,13 +356,17 @@ struct Machine {
     pio: Arc<Bus>,
     mmio: Arc<Bus>,
     serial: Arc<Serial>,
-    /// The second UART, when the run asked for one.
-    com2: Option<Arc<Serial>>,
+    /// The second UART (the guest's ttyS1): exec's command output, and where a graceful
+    /// shutdown asks the guest (crate::guest_shutdown).
+    com2: Arc<Serial>,
+    /// The disk images, flushed when the run ends.
+    disks: Vec<Arc<devices::virtio::block::DiskImage>>,
     irq_routes: Vec<boot::PciIrqRoute>,
     intx_resamplers: Vec<crate::pci_devices::IntxResample>,
 }
 
-/// Host writers that replace the console's (COM1) and add a COM2.
+/// Host writers that replace the console's (COM1) and receive COM2's output (discarded
+/// without one).
 struct ConsoleWriters {
     com1: Option<Box<dyn Write + Send>>,
     com2: Option<Box<dyn Write + Send>>,
@@ -404,17 +411,12 @@ fn build_devices(
             .map_err(|e| dev_err(&format!("port {base:#x}"), &e))
     };
     insert(&mut pio, 0x3f8, 8, serial.clone())?;
-    let com2 = match writers.com2 {
-        Some(out) => {
-            let irq = EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err("COM2 irq eventfd", &e))?;
-            vm.register_irqfd(&irq, boot::layout::COM2_IRQ as u32)
-                .map_err(|e| dev_err("COM2 irqfd", &e))?;
-            let com2 = Arc::new(Serial::new(irq, out));
-            insert(&mut pio, COM2_PORT, 8, com2.clone())?;
-            Some(com2)
-        }
-        None => None,
-    };
+    let com2_irq = EventFd::new(EFD_NONBLOCK).map_err(|e| dev_err("COM2 irq eventfd", &e))?;
+    vm.register_irqfd(&com2_irq, boot::layout::COM2_IRQ as u32)
+        .map_err(|e| dev_err("COM2 irqfd", &e))?;
+    let com2_out = writers.com2.unwrap_or_else(|| Box::new(std::io::sink()));
+    let com2 = Arc::new(Serial::new(com2_irq, com2_out));
+    insert(&mut pio, COM2_PORT, 8, com2.clone())?;
     insert(&mut pio, 0x60, 5, Arc::new(I8042::new(exit.clone())))?;
     insert(&mut pio, 0x501, 1, Arc::new(DebugExit::new(exit.clone())))?;
     insert(&mut pio, 0x502, 1, Arc::new(boot_complete))?;
@@ -439,6 +441,7 @@ fn build_devices(
         mmio: Arc::new(mmio),
         serial,
         com2,
+        disks: pci.disks,
         irq_routes: pci.irq_routes,
         intx_resamplers: pci.intx_resamplers,
     })
@@ -488,15 +491,35 @@ impl MainLoop {
         Ok(MainLoop { manager, console })
     }
 
-    /// Runs until a stop is requested; past `deadline`, requests one itself (reason timeout).
+    /// Runs until a stop is requested; past `deadline`, requests one itself (reason timeout);
+    /// on host signals, does what `on_signal` says (reason signal N when it stops the VM).
     fn run_until_exit(
         &mut self,
         exit: &ExitSignal,
         deadline: Option<Instant>,
+        on_signal: &mut crate::guest_shutdown::OnSignal,
     ) -> Result<(), Error> {
-        while !exit.is_requested() && crate::termination::received().is_none() {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left == Some(Duration::ZERO) {
+        while !exit.is_requested() {
+            let now = Instant::now();
+            let grace_left = match on_signal.step(
+                crate::termination::count(),
+                crate::termination::received().unwrap_or(libc::SIGTERM),
+                now,
+            ) {
+                crate::guest_shutdown::SignalStep::Stop(sig) => {
+                    exit.request(ExitReason::Signal(sig));
+                    break;
+                }
+                crate::guest_shutdown::SignalStep::Wait(left) => left,
+            };
+            let left = match (
+                deadline.map(|d| d.saturating_duration_since(now)),
+                grace_left,
+            ) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            if deadline.is_some_and(|d| d <= now) {
                 exit.request(ExitReason::Timeout);
                 break;
             }

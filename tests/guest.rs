@@ -469,3 +469,68 @@ fn flushed_data_survives_kill_9_of_kvmrun() {
     assert_eq!(&data[..expected.len()], expected.as_bytes());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn sigterm_shuts_the_guest_down_and_its_unflushed_writes_reach_the_image() {
+    use std::io::{BufRead, BufReader};
+    let dir = scratch_dir("blk-sigterm");
+    let img = dir.join("data.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let disk = disk_arg(&img, "");
+    // Written through the guest's page cache and not flushed: only a shutdown that lets the
+    // guest sync gets it to the image.
+    let script = "printf 'graceful-%04d\\n' $(seq 0 499) > /tmp/p && dd if=/tmp/p of=/dev/vda bs=4096 2>/dev/null && echo written-not-flushed && sleep 600";
+    let append = append_for(script);
+    let (bz, initrd) = (
+        artifact("KVMRUN_TEST_BZIMAGE"),
+        artifact("KVMRUN_TEST_INITRD"),
+    );
+    let mut child = common::kvmrun()
+        .args([
+            "run", "--kernel", &bz, "--initrd", &initrd, "--disk", &disk, "--append", &append,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.contains("written-not-flushed") {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let written = rx.recv_timeout(BOOT_LIMIT).is_ok();
+    let t = Instant::now();
+    // SAFETY: signalling our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = common::wait_with_limit(child, Duration::from_secs(60));
+    let took = t.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        written,
+        "the guest never reported its write; stderr: {stderr}"
+    );
+    // The command died of the SIGTERM the guest's init passed on (143), the guest synced and
+    // reported it: well before the 10 s grace period would have stopped the VM (also 143).
+    assert_eq!(out.status.code(), Some(143), "stderr: {stderr}");
+    assert!(
+        took < Duration::from_secs(8),
+        "took {took:?}; stderr: {stderr}"
+    );
+    assert!(!stderr.contains("did not shut down"), "{stderr}");
+    let expected: String = (0..500).map(|i| format!("graceful-{i:04}\n")).collect();
+    let data = std::fs::read(&img).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&data[..expected.len()]),
+        expected,
+        "the guest's unflushed writes did not reach the image"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

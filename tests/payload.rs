@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use common::{run_kvmrun, scratch_dir, write_payload, PayloadEnd};
@@ -138,10 +139,11 @@ fn boot_report_json_has_ordered_milestones() {
     assert_eq!(v["exit_reason"], "debug-exit 0");
 }
 
-#[test]
-fn sigterm_stops_a_hung_guest_and_joins_its_vcpus() {
-    let dir = scratch_dir("hang");
-    let kernel = write_payload(&dir, "hang.elf", b"hanging\n", false, PayloadEnd::Hang);
+/// Starts a 2-vCPU payload guest ending with `end`, sends it `signals`
+/// SIGTERMs 100 ms apart, and returns its output and the time from the first signal to its exit.
+fn signalled(name: &str, end: PayloadEnd, signals: u32, extra: &[&str]) -> (Output, Duration) {
+    let dir = scratch_dir(name);
+    let kernel = write_payload(&dir, "payload.elf", b"started\n", false, end);
     let child = common::kvmrun()
         .args([
             "run",
@@ -151,22 +153,85 @@ fn sigterm_stops_a_hung_guest_and_joins_its_vcpus() {
             "--kernel",
             kernel.to_str().unwrap(),
         ])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Wait until the guest has printed, so the vCPU is parked in the kernel on hlt.
+    // Time for the signal handlers to be in place (they are, before the vCPUs start); the
+    // guest may or may not have reached its end yet, which these tests do not depend on.
     std::thread::sleep(Duration::from_millis(500));
     let t = Instant::now();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = common::wait_with_limit(child, Duration::from_secs(5));
-    assert!(
-        t.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        t.elapsed()
-    );
-    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("hanging"));
+    for i in 0..signals {
+        if i > 0 {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        // SAFETY: signalling our own child, not yet reaped.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    }
+    let out = common::wait_with_limit(child, Duration::from_secs(20));
+    let took = t.elapsed();
     let _ = std::fs::remove_dir_all(&dir);
+    (out, took)
+}
+
+#[test]
+fn sigterm_asks_the_guest_on_com2_and_its_shutdown_sets_the_status() {
+    // With a disk: the image is flushed at exit by the main thread, under its seccomp filter.
+    let dir = scratch_dir("sigterm-ask-disk");
+    let img = dir.join("disk.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    let disk = format!("path={}", img.display());
+    let (out, took) = signalled(
+        "sigterm-ask",
+        PayloadEnd::WaitCom2ThenExit(7),
+        1,
+        &["--disk", &disk],
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(7), "stderr: {stderr}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert!(stderr.contains("asked the guest to shut down"), "{stderr}");
+}
+
+#[test]
+fn sigterm_stops_a_guest_that_ignores_it_after_the_grace_period() {
+    let (out, took) = signalled(
+        "sigterm-grace",
+        PayloadEnd::Hang,
+        1,
+        &["--shutdown-grace", "1500ms"],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM), "{stderr}");
+    assert!(
+        took >= Duration::from_millis(1500) && took < Duration::from_secs(5),
+        "took {took:?}"
+    );
+    assert!(stderr.contains("did not shut down within"), "{stderr}");
+}
+
+#[test]
+fn second_sigterm_stops_a_hung_guest_at_once_and_joins_its_vcpus() {
+    let (out, took) = signalled("sigterm-twice", PayloadEnd::Hang, 2, &[]);
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
+    // Well within the default 10 s grace.
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+}
+
+#[test]
+fn zero_shutdown_grace_stops_at_the_first_signal() {
+    let (out, took) = signalled(
+        "sigterm-zero",
+        PayloadEnd::WaitCom2ThenExit(7),
+        1,
+        &["--shutdown-grace", "0"],
+    );
+    // Stopped by kvmrun, not by the guest (which would have said 7).
+    assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
+    assert!(took < Duration::from_secs(2), "took {took:?}");
 }

@@ -28,6 +28,8 @@ fn run_probe(name: &str, value: u8, extra: &[&str]) -> (Option<i32>, String) {
     );
     let child = common::kvmrun()
         .args(["run", "--allow-pvm", "--kernel", kernel.to_str().unwrap()])
+        // The halted guest is stopped at the first signal, not after a grace period.
+        .args(["--shutdown-grace", "0"])
         .args(extra)
         .env("KVMRUN_TEST_SECCOMP_PROBE", "1")
         .stdout(std::process::Stdio::piped())

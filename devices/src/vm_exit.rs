@@ -29,6 +29,9 @@ pub enum ExitReason {
     Timeout,
     /// The VMM's controller (e.g. its API socket) stopped the VM at once.
     Stopped,
+    /// A host signal (SIGTERM, SIGINT, SIGHUP) to the VMM stopped the VM: the guest did not
+    /// shut down within its grace period, or a second signal came.
+    Signal(i32),
 }
 
 impl ExitReason {
@@ -40,6 +43,8 @@ impl ExitReason {
             ExitReason::Fatal => 2,
             // As timeout(1) does.
             ExitReason::Timeout => 124,
+            // As a shell reports a process killed by signal N.
+            ExitReason::Signal(n) => 128 + n,
         }
     }
 }
@@ -54,6 +59,7 @@ impl fmt::Display for ExitReason {
             ExitReason::Fatal => f.write_str("vcpu-error"),
             ExitReason::Timeout => f.write_str("timeout"),
             ExitReason::Stopped => f.write_str("stopped"),
+            ExitReason::Signal(n) => write!(f, "signal {n}"),
         }
     }
 }

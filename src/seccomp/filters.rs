@@ -207,6 +207,9 @@ pub fn rules(kind: ThreadKind) -> Rules {
                     libc::SYS_mincore,
                     // Dropping devices joins their workers, whose thread-local data is freed.
                     libc::SYS_fcntl,
+                    // The disk images are flushed when the run ends.
+                    libc::SYS_fdatasync,
+                    libc::SYS_fsync,
                 ],
             );
             // TCSETS restores the terminal's mode at exit; KVM ioctls: none after start-up.

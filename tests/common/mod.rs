@@ -53,7 +53,11 @@ pub fn wait_with_limit(mut child: std::process::Child, limit: Duration) -> Outpu
         if std::time::Instant::now() > deadline {
             // SIGTERM first: kvmrun then stops its vCPUs, logs where each one was and flushes
             // the console, which tells a hung guest from a slow one. SIGKILL if that hangs too.
+            // Twice: the first asks the guest to shut down, the second stops it at once.
             // SAFETY: kill(2) on our own child's pid.
+            unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+            std::thread::sleep(Duration::from_millis(100));
+            // SAFETY: as above (the child has not been reaped).
             unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
             let term_deadline = std::time::Instant::now() + Duration::from_secs(5);
             while child.try_wait().ok().flatten().is_none()
@@ -105,6 +109,9 @@ pub enum PayloadEnd {
     OutLoop(u16),
     /// Prints '.' on the UART forever, one every `n` iterations of a delay loop.
     Spin(u32),
+    /// Polls COM2's line status until a byte arrives (e.g. kvmrun's shutdown request), then
+    /// writes this status to the debug-exit port.
+    WaitCom2ThenExit(u8),
 }
 
 /// Address the payload is linked and loaded at: 1 MiB, where kvmrun loads ELF kernels.
@@ -151,6 +158,13 @@ pub fn payload_code(message: &[u8], boot_complete: bool, end: PayloadEnd) -> Vec
         PayloadEnd::OutByte(port, value) => {
             let [lo, hi] = port.to_le_bytes();
             code.extend_from_slice(&[0x66, 0xBA, lo, hi, 0xB0, value, 0xEE]) // out port, value
+        }
+        PayloadEnd::WaitCom2ThenExit(status) => {
+            code.extend_from_slice(&[0x66, 0xBA, 0xFD, 0x02]); // mov dx, 0x2fd (COM2 LSR)
+                                                               // top: in al, dx; test al, 1 (data ready); jz top
+            code.extend_from_slice(&[0xEC, 0xA8, 0x01, 0x74, 0xFB]);
+            code.extend_from_slice(&[0x66, 0xBA, 0x01, 0x05, 0xB0, status, 0xEE]);
+            // out 0x501
         }
         PayloadEnd::Spin(n) => {
             code.extend_from_slice(&[0x66, 0xBA, 0xF8, 0x03]); // mov dx, 0x3f8

@@ -478,7 +478,7 @@ impl DiskImage {
 
     /// Makes every completed write durable (fdatasync): what the guest flushed survives the
     /// VMM being killed or the host losing power.
-    pub(crate) fn flush(&self) -> io::Result<()> {
+    pub fn flush(&self) -> io::Result<()> {
         if self.readonly {
             return Ok(());
         }

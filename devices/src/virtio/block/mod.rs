@@ -304,6 +304,11 @@ impl VirtioBlk {
         &self.disk
     }
 
+    /// A shared handle on the disk image (e.g. to flush it when the VM ends).
+    pub fn disk_image(&self) -> Arc<DiskImage> {
+        self.disk.clone()
+    }
+
     /// Features the driver acknowledged (only offered ones are kept).
     pub fn acked_features(&self) -> u64 {
         self.acked_features
