@@ -534,3 +534,139 @@ fn sigterm_shuts_the_guest_down_and_its_unflushed_writes_reach_the_image() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `cmd` (a host tool the fault tests need, as root); panics naming it on failure.
+fn host_tool(cmd: &str, args: &[&str]) -> String {
+    let out = std::process::Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e} (the fault tests need it, and root)"));
+    assert!(
+        out.status.success(),
+        "{cmd} {args:?} failed (the fault tests need root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Boots the default guest with `disk` as /dev/vda, runs `script`, and runs `action` when the
+/// guest prints `trigger`.
+fn boot_with_disk_reacting(
+    disk: &str,
+    script: &str,
+    trigger: &str,
+    action: Box<dyn FnOnce() + Send>,
+) -> std::process::Output {
+    let append = append_for(script);
+    let (bz, initrd) = (
+        artifact("KVMRUN_TEST_BZIMAGE"),
+        artifact("KVMRUN_TEST_INITRD"),
+    );
+    let child = common::kvmrun()
+        .args([
+            "run", "--kernel", &bz, "--initrd", &initrd, "--disk", disk, "--append", &append,
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    common::wait_reacting(child, BOOT_LIMIT, trigger, action)
+}
+
+#[test]
+#[ignore = "boots a Linux guest; needs root (mounts a tmpfs): run through resources/run-tests.sh"]
+fn host_disk_full_gives_the_guest_io_errors_and_kvmrun_keeps_running() {
+    let dir = scratch_dir("blk-full");
+    let fs = dir.join("small-fs");
+    std::fs::create_dir_all(&fs).unwrap();
+    // A 4 MiB file system holding a sparse 64 MiB image: it fills after 4 MiB of writes.
+    host_tool(
+        "mount",
+        &[
+            "-t",
+            "tmpfs",
+            "-o",
+            "size=4m",
+            "tmpfs",
+            fs.to_str().unwrap(),
+        ],
+    );
+    let img = fs.join("data.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(64 << 20)
+        .unwrap();
+    let script =
+        "dd if=/dev/zero of=/dev/vda bs=1M count=16 oflag=direct 2>/dev/null; echo write-status=$?
+dd if=/dev/vda of=/dev/null bs=1M count=2 iflag=direct 2>/dev/null && echo read-ok
+exit 5";
+    let out = boot_with_disk_reacting(&disk_arg(&img, ""), script, "never", Box::new(|| {}));
+    let _ = host_tool("umount", &[fs.to_str().unwrap()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stdout.contains("write-status=1"),
+        "the write did not fail: {stdout}"
+    );
+    assert!(
+        stdout.contains("read-ok"),
+        "reads stopped working: {stdout}"
+    );
+    // The guest finished its script: kvmrun kept running and reported the error once.
+    assert_eq!(out.status.code(), Some(5), "stderr: {stderr}");
+    assert!(
+        stderr.contains("No space left on device")
+            && stderr.contains("reported to the guest as IOERR"),
+        "kvmrun did not report the host error: {stderr}"
+    );
+}
+
+#[test]
+#[ignore = "boots a Linux guest; needs root (a loop device): run through resources/run-tests.sh"]
+fn disk_made_read_only_mid_run_gives_the_guest_io_errors_and_kvmrun_keeps_running() {
+    let dir = scratch_dir("blk-setro");
+    let img = dir.join("data.img");
+    std::fs::File::create(&img)
+        .unwrap()
+        .set_len(8 << 20)
+        .unwrap();
+    let _ = std::process::Command::new("modprobe").arg("loop").status();
+    let loopdev = host_tool("losetup", &["--find", "--show", img.to_str().unwrap()]);
+    // The disk is the loop device; once the guest has written, the host makes it read-only
+    // (BLKROSET): the writes on kvmrun's open descriptor fail from then on.
+    let script = "dd if=/dev/zero of=/dev/vda bs=64k count=1 oflag=direct 2>/dev/null && echo first-write-ok
+for i in $(seq 1 40); do
+  dd if=/dev/zero of=/dev/vda bs=64k count=1 seek=1 oflag=direct 2>/dev/null || { echo write-failed; break; }
+  sleep 0.5
+done
+dd if=/dev/vda of=/dev/null bs=64k count=2 iflag=direct 2>/dev/null && echo read-ok
+exit 6";
+    let dev = loopdev.clone();
+    let out = boot_with_disk_reacting(
+        &format!("path={loopdev}"),
+        script,
+        "first-write-ok",
+        Box::new(move || {
+            host_tool("blockdev", &["--setro", &dev]);
+        }),
+    );
+    let _ = host_tool("losetup", &["-d", &loopdev]);
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("first-write-ok"), "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("write-failed"),
+        "writes kept working: {stdout}"
+    );
+    assert!(
+        stdout.contains("read-ok"),
+        "reads stopped working: {stdout}"
+    );
+    assert_eq!(out.status.code(), Some(6), "stderr: {stderr}");
+    assert!(
+        stderr.contains("reported to the guest as IOERR"),
+        "kvmrun did not report the host error: {stderr}"
+    );
+}

@@ -110,6 +110,19 @@ enum Kernel {
 }
 
 fn boot_kernel_in(ns: &Netns, kernel: Kernel, script: &str) -> (Option<i32>, String) {
+    boot_reacting(ns, kernel, script, None)
+}
+
+/// What the host does once the guest prints a line containing `.0`.
+type Reaction<'a> = (&'a str, Box<dyn FnOnce() + Send>);
+
+/// `boot_kernel_in`, running `reaction`'s action when the guest prints its trigger.
+fn boot_reacting(
+    ns: &Netns,
+    kernel: Kernel,
+    script: &str,
+    reaction: Option<Reaction>,
+) -> (Option<i32>, String) {
     let (kernel, initrd) = match kernel {
         Kernel::Default => ("KVMRUN_TEST_BZIMAGE", "KVMRUN_TEST_INITRD"),
         Kernel::Debian => ("KVMRUN_TEST_DISTRO_KERNEL", "KVMRUN_TEST_DISTRO_INITRD"),
@@ -140,7 +153,11 @@ fn boot_kernel_in(ns: &Netns, kernel: Kernel, script: &str) -> (Option<i32>, Str
     .stdin(std::process::Stdio::null())
     .stdout(std::process::Stdio::piped())
     .stderr(std::process::Stdio::piped());
-    let out = common::wait_with_limit(cmd.spawn().unwrap(), LIMIT);
+    let child = cmd.spawn().unwrap();
+    let out = match reaction {
+        Some((trigger, action)) => common::wait_reacting(child, LIMIT, trigger, action),
+        None => common::wait_with_limit(child, LIMIT),
+    };
     let stdout = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     (out.status.code(), stdout)
@@ -360,4 +377,51 @@ ping -c 2 -W 2 10.0.3.1 >/dev/null && echo ping-e1000=ok",
     ] {
         assert!(out.contains(want), "missing {want}");
     }
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn deleted_taps_show_as_link_down_and_kvmrun_keeps_running() {
+    let ns = Netns::new("tapgone");
+    let name = ns.name.clone();
+    // The guest waits (up to 20 s) for both carriers to drop after the host deletes the taps,
+    // then finishes normally: kvmrun must still be running to take its status.
+    let (status, out) = boot_reacting(
+        &ns,
+        Kernel::Default,
+        "for i in $(seq 1 20); do
+  c0=$(cat /sys/class/net/eth0/carrier) c1=$(cat /sys/class/net/eth1/carrier)
+  [ \"$c0$c1\" = 11 ] && break
+  sleep 0.5
+done
+echo eth0=$c0 eth1=$c1
+echo taps-ready
+for i in $(seq 1 40); do
+  c0=$(cat /sys/class/net/eth0/carrier) c1=$(cat /sys/class/net/eth1/carrier)
+  [ \"$c0$c1\" = 00 ] && break
+  sleep 0.5
+done
+echo after-delete eth0=$c0 eth1=$c1
+ping -c 1 -W 1 10.0.2.1 >/dev/null 2>&1 || echo ping-fails-as-it-should
+exit 7",
+        Some((
+            "taps-ready",
+            Box::new(move || {
+                for tap in ["tap0", "tap1"] {
+                    ip(&["-n", &name, "link", "del", tap]);
+                }
+            }),
+        )),
+    );
+    assert!(out.contains("eth0=1 eth1=1"), "links not up at first");
+    assert!(
+        out.contains("after-delete eth0=0 eth1=0"),
+        "the guest did not see both links go down"
+    );
+    assert!(out.contains("ping-fails-as-it-should"));
+    assert_eq!(
+        status,
+        Some(7),
+        "kvmrun did not survive to report the guest's status"
+    );
 }

@@ -21,6 +21,40 @@ pub fn run_kvmrun(args: &[&str], limit: Duration) -> Output {
     wait_with_limit(child, limit)
 }
 
+/// `wait_with_limit`, running `action` once, as soon as a line of the child's stdout contains
+/// `trigger` (e.g. the guest saying it is ready for the host to break something). The
+/// returned stdout has every line read, with `\r` removed.
+pub fn wait_reacting(
+    mut child: std::process::Child,
+    limit: Duration,
+    trigger: &str,
+    action: Box<dyn FnOnce() + Send>,
+) -> Output {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout piped");
+    let trigger = trigger.to_string();
+    let reader = std::thread::spawn(move || {
+        let mut seen = String::new();
+        let mut action = Some(action);
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if line.contains(&trigger) {
+                if let Some(a) = action.take() {
+                    a();
+                }
+            }
+            seen.push_str(&line.replace('\r', ""));
+            seen.push('\n');
+        }
+        seen
+    });
+    let mut out = wait_with_limit(child, limit);
+    out.stdout = reader.join().unwrap_or_default().into_bytes();
+    out
+}
+
 pub fn wait_with_limit(mut child: std::process::Child, limit: Duration) -> Output {
     // Drain stdout and stderr while waiting: a guest that prints more than a pipe holds would
     // otherwise block kvmrun's console writes and look like a hang.

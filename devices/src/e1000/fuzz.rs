@@ -86,6 +86,8 @@ const REGS: &[u32] = &[
 pub struct MockBackend {
     pub rx: Arc<Mutex<VecDeque<Vec<u8>>>>,
     pub sent: Arc<Mutex<Vec<Vec<u8>>>>,
+    /// What `link_up` answers (a tap deleted or set down on the host: false).
+    pub link: Arc<std::sync::atomic::AtomicBool>,
     fd: Arc<EventFd>,
 }
 
@@ -94,6 +96,7 @@ impl MockBackend {
         MockBackend {
             rx: Arc::default(),
             sent: Arc::default(),
+            link: Arc::new(std::sync::atomic::AtomicBool::new(true)),
             fd: Arc::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")),
         }
     }
@@ -141,6 +144,10 @@ impl NetBackend for MockBackend {
 
     fn set_offload(&self, _flags: u32) -> io::Result<()> {
         Ok(())
+    }
+
+    fn link_up(&self) -> bool {
+        self.link.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 

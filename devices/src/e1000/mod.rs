@@ -628,6 +628,24 @@ impl Shared {
         }
     }
 
+    /// Reads the back-end's link and reports a change to the driver.
+    fn poll_link(&self) {
+        let up = lock(&self.io).backend.link_up();
+        self.set_link(up);
+    }
+
+    /// §13.4.2 STATUS.LU follows the link; a change raises ICR.LSC (§13.4.17), on which the
+    /// driver reads the PHY status.
+    fn set_link(&self, up: bool) {
+        let mut st = lock(&self.state);
+        if st.link_up != up {
+            st.link_up = up;
+            log::info!("e1000: link {}", if up { "up" } else { "down" });
+            st.cause(ICR_LSC);
+            self.finish(&mut st);
+        }
+    }
+
     fn pass(&self, now: Instant) -> PassResult {
         let mut io = lock(&self.io);
         let Io {
@@ -750,14 +768,9 @@ impl E1000 {
     }
 
     /// The link went up or down (the tap appeared or vanished): STATUS.LU, the PHY's link
-    /// bits and an LSC interrupt.
+    /// bits and an LSC interrupt. The worker does this by itself every [`LINK_POLL_INTERVAL`].
     pub fn set_link(&self, up: bool) {
-        let mut st = lock(&self.shared.state);
-        if st.link_up != up {
-            st.link_up = up;
-            st.cause(ICR_LSC);
-            self.shared.finish(&mut st);
-        }
+        self.shared.set_link(up);
     }
 
     /// What the device refused so far.
@@ -807,16 +820,28 @@ impl Drop for E1000 {
     }
 }
 
+/// How often the worker looks at the back-end's link (the tap deleted, or set down on the host).
+pub const LINK_POLL_INTERVAL: Duration = Duration::from_secs(1);
+
 fn worker_loop(shared: &Shared) {
     let backend_fd = lock(&shared.io).backend.raw_fd();
+    let mut next_link_poll = Instant::now() + LINK_POLL_INTERVAL;
     loop {
         let now = Instant::now();
+        if now >= next_link_poll {
+            shared.poll_link();
+            next_link_poll = now + LINK_POLL_INTERVAL;
+        }
         let r = shared.pass(now);
+        let deadline = r.deadline.map_or(next_link_poll, |d| d.min(next_link_poll));
         let timeout = if r.more {
             Some(Duration::ZERO)
         } else {
-            r.deadline.map(|d| d.saturating_duration_since(now))
+            Some(deadline.saturating_duration_since(now))
         };
+        // A detached tap reports POLLERR whatever is asked: not watched while the link is
+        // down (the link poll notices when it is back).
+        let link_up = lock(&shared.state).link_up;
         let ts = timeout.map(|t| libc::timespec {
             tv_sec: t.as_secs() as libc::time_t,
             tv_nsec: libc::c_long::from(t.subsec_nanos() as i32),
@@ -838,7 +863,7 @@ fn worker_loop(shared: &Shared) {
                 revents: 0,
             },
             libc::pollfd {
-                fd: backend_fd,
+                fd: if link_up { backend_fd } else { -1 },
                 events: if r.want_rx { libc::POLLIN } else { 0 },
                 revents: 0,
             },

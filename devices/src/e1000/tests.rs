@@ -1179,6 +1179,31 @@ fn worker_thread_end_to_end() {
     t.dev.stop_worker();
 }
 
+#[test]
+fn worker_reports_the_back_ends_link_going_down_and_up() {
+    use std::sync::atomic::Ordering;
+    let t = T::new();
+    t.w(IMS, ICR_LSC);
+    t.dev.start_worker().unwrap();
+    let wait_for = |lu: u32| {
+        let deadline = Instant::now() + LINK_POLL_INTERVAL * 3;
+        while t.r(STATUS) & STATUS_LU != lu && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        t.r(STATUS) & STATUS_LU
+    };
+    assert_ne!(wait_for(STATUS_LU), 0);
+    // The tap is deleted: the next link poll clears STATUS.LU and interrupts with LSC.
+    t.be.link.store(false, Ordering::Relaxed);
+    assert_eq!(wait_for(0), 0, "STATUS.LU still set");
+    assert_eq!(t.r(ICR) & ICR_LSC, ICR_LSC);
+    assert!(t.irqs() >= 1);
+    t.be.link.store(true, Ordering::Relaxed);
+    assert_ne!(wait_for(STATUS_LU), 0, "STATUS.LU not back");
+    assert_eq!(t.r(ICR) & ICR_LSC, ICR_LSC);
+    t.dev.stop_worker();
+}
+
 mod prop {
     use super::*;
     use proptest::prelude::*;
