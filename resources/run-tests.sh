@@ -40,11 +40,12 @@ export KVMRUN_TEST_ROOTFS=$rootfs
 
 # The guest tests are #[ignore]d in a plain `cargo test` (they need a KVM that runs Linux);
 # here they run with --ignored, one at a time so timings are not skewed by each other.
-# The guest-booting test binaries are tests/guest.rs, tests/net.rs and tests/exec.rs.
-guest_bins=$(cargo test --no-run --message-format=json --test guest --test net --test exec 2>/dev/null |
-  grep '"kind":\["test"\]' | grep -E '"name":"(guest|net|exec)"' |
+# The guest-booting test binaries: tests/guest.rs, tests/net.rs, tests/exec.rs and
+# tests/guest_soak.rs (shortened soak: KVMRUN_SOAK_BOOTS, KVMRUN_SOAK_SECONDS).
+guest_bins=$(cargo test --no-run --message-format=json --test guest --test net --test exec --test guest_soak 2>/dev/null |
+  grep '"kind":\["test"\]' | grep -E '"name":"(guest|net|exec|guest_soak)"' |
   sed -n 's/.*"executable":"\([^"]*\)".*/\1/p')
-[ "$(echo "$guest_bins" | wc -w)" = 3 ] || { echo "run-tests: could not build the guest test binaries" >&2; exit 1; }
+[ "$(echo "$guest_bins" | wc -w)" = 4 ] || { echo "run-tests: could not build the guest test binaries" >&2; exit 1; }
 run_all="set -e; for t in $(echo $guest_bins); do \"\$t\" --ignored --test-threads=1; done"
 
 if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo; then

@@ -4,7 +4,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -58,7 +58,6 @@ pub enum ShutdownMode {
 /// The listening socket and its accept thread; dropping it closes the socket and removes the
 /// file.
 pub struct Server {
-    path: PathBuf,
     listener: UnixListener,
     thread: Option<JoinHandle<()>>,
 }
@@ -85,7 +84,6 @@ impl Server {
             })?;
         log::info!("API socket at {}", path.display());
         Ok(Server {
-            path: path.to_path_buf(),
             listener,
             thread: Some(thread),
         })
@@ -99,7 +97,8 @@ impl Drop for Server {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
-        let _ = std::fs::remove_file(&self.path);
+        // The socket file stays: this runs under the VMM thread's seccomp filter, which allows
+        // no file removal; vm::run_with removes it once the VMM thread has ended.
     }
 }
 

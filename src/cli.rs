@@ -104,6 +104,11 @@ pub struct RunArgs {
     #[arg(long)]
     pub testhost: bool,
 
+    /// Serve the control API (query, pause, resume, shutdown; docs/api.md) on this Unix socket
+    /// while the guest runs.
+    #[arg(long, value_name = "PATH")]
+    pub api_socket: Option<PathBuf>,
+
     /// After SIGTERM, SIGINT or SIGHUP: how long the guest gets to shut down (it is asked on
     /// COM2, see docs/api.md) before it is stopped; a second signal stops it at once. 0 stops
     /// it at once. E.g. 500ms, 10s, 2m; a bare number is seconds.

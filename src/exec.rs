@@ -169,6 +169,9 @@ fn run(args: ExecArgs, start: Instant) -> Result<i32, Error> {
         com2_out: Some(Box::new(std::io::stdout())),
         shutdown_grace: Some(args.shutdown_grace.0),
     };
+    if args.seccomp == crate::cli::SeccompMode::On {
+        crate::seccomp::enable()?;
+    }
     let timeline = Arc::new(BootTimeline::new(start));
     let outcome = crate::vm::run_with(&cfg, timeline.clone(), ctl)?;
     let panicked = panic_line.lock().unwrap_or_else(|e| e.into_inner()).clone();

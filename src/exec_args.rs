@@ -78,6 +78,10 @@ pub struct ExecArgs {
     #[arg(long)]
     pub allow_pvm: bool,
 
+    /// seccomp filters on every VM thread (as for run): `off` only to debug.
+    #[arg(long, default_value = "on", value_name = "on|off")]
+    pub seccomp: crate::cli::SeccompMode,
+
     /// Run inside the project's test host (where /dev/kvm is PVM).
     #[arg(long)]
     pub testhost: bool,

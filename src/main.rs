@@ -128,6 +128,7 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, Error> {
     }
     let timeline = Arc::new(BootTimeline::new(start));
     let ctl = run_control::RunControl {
+        api_socket: args.api_socket.clone(),
         shutdown_grace: Some(args.shutdown_grace.0),
         ..Default::default()
     };

@@ -72,10 +72,36 @@ const REQUIRED_CAPS: [(Cap, &str); 8] = [
 
 /// Builds the VM described by `cfg`, runs it to the end with the additions `ctl` asks for (time
 /// limit, events, API socket, console writers, shutdown grace), and says how it ended.
+///
+/// The VM lives on its own thread ("vmm": set-up, then the event loop under the seccomp filter
+/// of its kind); the calling thread only waits, then does what the filter forbids: removing
+/// the API socket file here, copying results out and deleting temporary images in `exec`.
 pub fn run_with(
     cfg: &VmConfig,
     timeline: Arc<BootTimeline>,
+    ctl: RunControl,
+) -> Result<RunOutcome, Error> {
+    // The API socket this run bound, if any (never one it found in use).
+    let bound_socket: Mutex<Option<std::path::PathBuf>> = Mutex::new(None);
+    let result = std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("vmm".into())
+            .spawn_scoped(s, || run_vm(cfg, timeline, ctl, &bound_socket))
+            .map_err(|e| Error::Device(format!("VMM thread: {e}")))?
+            .join()
+            .unwrap_or_else(|_| Err(Error::Device("the VMM thread panicked".into())))
+    });
+    if let Some(path) = bound_socket.into_inner().unwrap_or_else(|e| e.into_inner()) {
+        let _ = std::fs::remove_file(path);
+    }
+    result
+}
+
+fn run_vm(
+    cfg: &VmConfig,
+    timeline: Arc<BootTimeline>,
     mut ctl: RunControl,
+    bound_socket: &Mutex<Option<std::path::PathBuf>>,
 ) -> Result<RunOutcome, Error> {
     check_host(cfg)?;
 
@@ -176,7 +202,10 @@ pub fn run_with(
                     vcpus: cfg.cpus,
                 },
             )
-            .map_err(|e| Error::Api(format!("{}: {e}", path.display())))?,
+            .map_err(|e| Error::Api(format!("{}: {e}", path.display())))
+            .inspect(|_| {
+                *bound_socket.lock().unwrap_or_else(|e| e.into_inner()) = Some(path.clone())
+            })?,
         ),
         None => None,
     };
@@ -202,7 +231,7 @@ pub fn run_with(
     }
 
     // Every thread that needs more than the main thread's syscalls runs by now.
-    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Main, "main") {
+    if let Err(e) = crate::seccomp::apply(crate::seccomp::ThreadKind::Main, "vmm") {
         exit.request(ExitReason::Fatal);
         stop_vcpus(threads);
         return Err(e.into());

@@ -5,11 +5,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::api::Api;
 use common::{run_kvmrun, scratch_dir, wait_with_limit};
 
 const LIMIT: Duration = Duration::from_secs(180);
@@ -173,48 +172,6 @@ fn a_dir_disk_carries_input_in_and_results_out() {
     let _ = std::fs::remove_dir_all(&ro);
 }
 
-struct Api {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Api {
-    fn connect(path: &std::path::Path) -> Api {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            match UnixStream::connect(path) {
-                Ok(s) => {
-                    s.set_read_timeout(Some(LIMIT)).unwrap();
-                    return Api {
-                        reader: BufReader::new(s.try_clone().unwrap()),
-                        writer: s,
-                    };
-                }
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                Err(e) => panic!("API socket {}: {e}", path.display()),
-            }
-        }
-    }
-
-    fn call(&mut self, request: &str) -> serde_json::Value {
-        writeln!(self.writer, "{request}").unwrap();
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
-    }
-
-    /// Waits until the guest's init is up (boot-complete).
-    fn wait_for_boot(&mut self) {
-        let deadline = Instant::now() + LIMIT;
-        while self.call(r#"{"cmd":"query"}"#)["boot_complete_ms"].is_null() {
-            assert!(Instant::now() < deadline, "the guest never booted");
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
 fn spawn_exec(opts: &[&str], command: &[&str]) -> std::process::Child {
     common::kvmrun()
         .args(exec_args(opts, command))
@@ -245,7 +202,7 @@ fn pause_and_resume_lose_no_output_or_disk_data() {
         ],
         &["sh", "-c", script],
     );
-    let mut api = Api::connect(&sock);
+    let mut api = Api::connect(&sock, LIMIT);
     api.wait_for_boot();
     std::thread::sleep(Duration::from_millis(500));
     for _ in 0..3 {
@@ -273,7 +230,7 @@ fn graceful_shutdown_terminates_the_command() {
         &["--api-socket", sock.to_str().unwrap()],
         &["sh", "-c", script],
     );
-    let mut api = Api::connect(&sock);
+    let mut api = Api::connect(&sock, LIMIT);
     api.wait_for_boot();
     std::thread::sleep(Duration::from_secs(1));
     let r = api.call(r#"{"cmd":"shutdown","grace_ms":60000}"#);

@@ -4,12 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Write};
-use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
+use common::api::Api;
 use common::{run_kvmrun, scratch_dir, wait_with_limit, write_payload, PayloadEnd};
 
 const LIMIT: Duration = Duration::from_secs(30);
@@ -238,40 +237,6 @@ fn config_file_applies_and_config_print_round_trips() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// One API connection.
-struct Api {
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Api {
-    fn connect(path: &Path) -> Api {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            match UnixStream::connect(path) {
-                Ok(s) => {
-                    s.set_read_timeout(Some(LIMIT)).unwrap();
-                    return Api {
-                        reader: BufReader::new(s.try_clone().unwrap()),
-                        writer: s,
-                    };
-                }
-                Err(_) if Instant::now() < deadline => {
-                    std::thread::sleep(Duration::from_millis(20))
-                }
-                Err(e) => panic!("API socket {}: {e}", path.display()),
-            }
-        }
-    }
-
-    fn call(&mut self, request: &str) -> serde_json::Value {
-        writeln!(self.writer, "{request}").unwrap();
-        let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
-    }
-}
-
 fn file_len(p: &PathBuf) -> u64 {
     std::fs::metadata(p).map(|m| m.len()).unwrap_or(0)
 }
@@ -315,7 +280,7 @@ fn api_pauses_resumes_and_stops_the_guest() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut api = Api::connect(&sock);
+    let mut api = Api::connect(&sock, LIMIT);
     let q = api.call(r#"{"cmd":"query"}"#);
     assert_eq!(
         (q["ok"].clone(), q["state"].clone()),
@@ -367,7 +332,7 @@ fn graceful_shutdown_stops_a_deaf_guest_after_the_grace_period() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut api = Api::connect(&sock);
+    let mut api = Api::connect(&sock, LIMIT);
     let t = Instant::now();
     let r = api.call(r#"{"cmd":"shutdown","grace_ms":400}"#);
     assert_eq!(

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{run_kvmrun, scratch_dir};
+use common::{base64, run_kvmrun, scratch_dir};
 
 const BOOT_LIMIT: Duration = Duration::from_secs(120);
 
@@ -21,28 +21,6 @@ struct Guest {
     stdout: String,
     stderr: String,
     elapsed: Duration,
-}
-
-/// Standard base64 (RFC 4648), for passing a script through the kernel command line.
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Boots `kernel` + `initrd` running the shell `script` as the init's command; returns what

@@ -5,9 +5,10 @@
 
 mod common;
 
+use common::netns::{ip, Netns};
+
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -17,82 +18,6 @@ const MIB: usize = 1 << 20;
 fn artifact(var: &str) -> String {
     std::env::var(var)
         .unwrap_or_else(|_| panic!("{var} is not set: run through resources/run-tests.sh"))
-}
-
-fn ip(args: &[&str]) {
-    let ok = Command::new("ip")
-        .args(args)
-        .status()
-        .expect("ip (iproute2)")
-        .success();
-    assert!(ok, "ip {args:?} failed");
-}
-
-/// A network namespace with taps tap0 (10.0.2.1/24) and tap1 (10.0.3.1/24); deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("kvmrun-{tag}-{}", std::process::id());
-        ip(&["netns", "add", &name]);
-        let ns = Netns { name };
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
-        for (tap, addr) in [("tap0", "10.0.2.1/24"), ("tap1", "10.0.3.1/24")] {
-            ip(&["-n", &ns.name, "tuntap", "add", "dev", tap, "mode", "tap"]);
-            ip(&["-n", &ns.name, "addr", "add", addr, "dev", tap]);
-            ip(&["-n", &ns.name, "link", "set", tap, "up"]);
-        }
-        ns
-    }
-
-    /// Runs `f` on a thread that has entered the namespace (setns affects only that thread).
-    fn spawn<T: Send + 'static>(
-        &self,
-        f: impl FnOnce() -> T + Send + 'static,
-    ) -> std::thread::JoinHandle<T> {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::spawn(move || {
-            let fd = std::fs::File::open(&path).expect("netns handle");
-            // SAFETY: setns on a valid namespace fd; only this thread changes namespace.
-            assert_eq!(
-                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
-                0,
-                "setns"
-            );
-            f()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
-}
-
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            out.push(if i <= chunk.len() {
-                A[(n >> (18 - 6 * i)) as usize & 63] as char
-            } else {
-                '='
-            });
-        }
-    }
-    out
 }
 
 /// Boots the default guest in `ns` with eth0 = virtio-net on tap0 and eth1 = e1000 on tap1.
@@ -130,7 +55,7 @@ fn boot_reacting(
     let setup = "ip link set eth0 up && ip link set eth1 up && ip addr add 10.0.2.15/24 dev eth0 && ip addr add 10.0.3.15/24 dev eth1 && sleep 1\n";
     let append = format!(
         "-- sh -c 'eval \"$(echo {} | base64 -d)\"'",
-        base64(format!("{setup}{script}").as_bytes())
+        common::base64(format!("{setup}{script}").as_bytes())
     );
     let mut cmd = Command::new("ip");
     cmd.args([

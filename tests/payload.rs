@@ -235,3 +235,35 @@ fn zero_shutdown_grace_stops_at_the_first_signal() {
     assert_eq!(out.status.code(), Some(128 + libc::SIGTERM));
     assert!(took < Duration::from_secs(2), "took {took:?}");
 }
+
+#[test]
+fn run_serves_the_control_api_too() {
+    let dir = scratch_dir("run-api");
+    let kernel = write_payload(&dir, "hang.elf", b"up\n", true, PayloadEnd::Hang);
+    let sock = dir.join("api.sock");
+    let child = common::kvmrun()
+        .args(["run", "--allow-pvm", "--kernel", kernel.to_str().unwrap()])
+        .args(["--api-socket", sock.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut api = common::api::Api::connect(&sock, LIMIT);
+    api.wait_for_boot();
+    assert_eq!(api.call(r#"{"cmd":"query"}"#)["state"], "running");
+    assert_eq!(api.call(r#"{"cmd":"pause"}"#)["state"], "paused");
+    assert_eq!(api.call(r#"{"cmd":"resume"}"#)["state"], "running");
+    assert_eq!(
+        api.call(r#"{"cmd":"shutdown","mode":"force"}"#)["state"],
+        "stopping"
+    );
+    let out = common::wait_with_limit(child, LIMIT);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!sock.exists(), "the socket file was left behind");
+    let _ = std::fs::remove_dir_all(&dir);
+}

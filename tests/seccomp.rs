@@ -18,6 +18,11 @@ const FROM_WORKER: u8 = 2;
 const VIOLATION_STATUS: i32 = 159;
 
 fn run_probe(name: &str, value: u8, extra: &[&str]) -> (Option<i32>, String) {
+    run_probe_as("run", name, value, extra)
+}
+
+/// `run_probe` through `kvmrun SUBCOMMAND` (run, or exec, whose command never gets to run).
+fn run_probe_as(subcommand: &str, name: &str, value: u8, extra: &[&str]) -> (Option<i32>, String) {
     let dir = scratch_dir(name);
     let kernel = write_payload(
         &dir,
@@ -27,10 +32,20 @@ fn run_probe(name: &str, value: u8, extra: &[&str]) -> (Option<i32>, String) {
         PayloadEnd::OutByte(PROBE_PORT, value),
     );
     let child = common::kvmrun()
-        .args(["run", "--allow-pvm", "--kernel", kernel.to_str().unwrap()])
+        .args([
+            subcommand,
+            "--allow-pvm",
+            "--kernel",
+            kernel.to_str().unwrap(),
+        ])
         // The halted guest is stopped at the first signal, not after a grace period.
         .args(["--shutdown-grace", "0"])
         .args(extra)
+        .args(if subcommand == "exec" {
+            &["--", "true"][..]
+        } else {
+            &[]
+        })
         .env("KVMRUN_TEST_SECCOMP_PROBE", "1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -81,4 +96,14 @@ fn seccomp_off_lets_the_same_call_through() {
     let (status, stderr) = run_probe("seccomp-off", FROM_WORKER, &["--seccomp=off"]);
     assert_eq!(status, Some(128 + libc::SIGTERM), "stderr: {stderr}");
     assert!(!stderr.contains("forbidden syscall"), "stderr: {stderr}");
+}
+
+#[test]
+fn exec_runs_under_the_same_filters() {
+    let (status, stderr) = run_probe_as("exec", "seccomp-exec", FROM_VCPU, &[]);
+    assert_eq!(status, Some(VIOLATION_STATUS), "stderr: {stderr}");
+    assert!(
+        stderr.contains("kvmrun: seccomp: thread vcpu0 made forbidden syscall 257 (openat)\n"),
+        "stderr: {stderr}"
+    );
 }

@@ -210,6 +210,8 @@ pub fn rules(kind: ThreadKind) -> Rules {
                     // The disk images are flushed when the run ends.
                     libc::SYS_fdatasync,
                     libc::SYS_fsync,
+                    // Ending the API's accept loop (shutdown of its listening socket).
+                    libc::SYS_shutdown,
                 ],
             );
             // TCSETS restores the terminal's mode at exit; KVM ioctls: none after start-up.

@@ -2,9 +2,34 @@
 
 #![allow(dead_code)]
 
+pub mod api;
+pub mod netns;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+
+/// Standard base64 (RFC 4648), for passing a script through the kernel command line.
+pub fn base64(data: &[u8]) -> String {
+    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in data.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
 
 /// The kvmrun binary under test.
 pub fn kvmrun() -> Command {
@@ -21,28 +46,44 @@ pub fn run_kvmrun(args: &[&str], limit: Duration) -> Output {
     wait_with_limit(child, limit)
 }
 
+/// Something the host does once the guest prints a line containing `.0`.
+pub type Reaction = (String, Box<dyn FnOnce() + Send>);
+
 /// `wait_with_limit`, running `action` once, as soon as a line of the child's stdout contains
 /// `trigger` (e.g. the guest saying it is ready for the host to break something). The
 /// returned stdout has every line read, with `\r` removed.
 pub fn wait_reacting(
-    mut child: std::process::Child,
+    child: std::process::Child,
     limit: Duration,
     trigger: &str,
     action: Box<dyn FnOnce() + Send>,
 ) -> Output {
+    wait_reacting_all(child, limit, vec![(trigger.to_string(), action)])
+}
+
+/// `wait_reacting` with several triggers, each acted on once.
+pub fn wait_reacting_all(
+    mut child: std::process::Child,
+    limit: Duration,
+    reactions: Vec<Reaction>,
+) -> Output {
     use std::io::BufRead;
     let stdout = child.stdout.take().expect("stdout piped");
-    let trigger = trigger.to_string();
     let reader = std::thread::spawn(move || {
         let mut seen = String::new();
-        let mut action = Some(action);
+        let mut pending: Vec<Option<Reaction>> = reactions.into_iter().map(Some).collect();
         for line in std::io::BufReader::new(stdout)
             .lines()
             .map_while(Result::ok)
         {
-            if line.contains(&trigger) {
-                if let Some(a) = action.take() {
-                    a();
+            for slot in pending.iter_mut() {
+                if slot
+                    .as_ref()
+                    .is_some_and(|(t, _)| line.contains(t.as_str()))
+                {
+                    if let Some((_, action)) = slot.take() {
+                        action();
+                    }
                 }
             }
             seen.push_str(&line.replace('\r', ""));
