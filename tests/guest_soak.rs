@@ -88,7 +88,18 @@ fn boot_poweroff_cycles_leave_no_fds_threads_memory_or_taps_behind() {
     let disk = format!("path={}", img.display());
     let before = links(&ns);
     let mut seen: Vec<ProcUse> = Vec::new();
-    for cycle in 0..cycles {
+    // In the test host about one boot in 20 dies in early kernel start-up for reasons of the
+    // emulation under it (README, "Known flakes"); there, up to two such deaths (no userspace
+    // reached) are reported and replaced by further cycles. Never on hardware KVM.
+    let early_deaths_allowed = if std::env::var_os("KVMRUN_TEST_IN_TESTHOST").is_some() {
+        2
+    } else {
+        0
+    };
+    let mut early_deaths = 0;
+    let mut cycle = 0;
+    while (seen.len() as u64) < cycles {
+        cycle += 1;
         // Up, some disk and network traffic, then a real poweroff.
         let script = "ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0
 dd if=/dev/urandom of=/dev/vda bs=64k count=16 oflag=direct 2>/dev/null
@@ -113,18 +124,32 @@ poweroff -f";
         let pid = child.id();
         let sample = Arc::new(Mutex::new(None));
         let s = sample.clone();
-        let out = common::wait_reacting(
+        let (out, timed_out) = common::reacting_or_stop(
             child,
-            Duration::from_secs(120),
-            "soak-up",
-            Box::new(move || *s.lock().unwrap() = Some(proc_use(pid))),
+            Duration::from_secs(60),
+            vec![(
+                "soak-up".into(),
+                Box::new(move || *s.lock().unwrap() = Some(proc_use(pid))),
+            )],
         );
+        let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
+        let used = *sample.lock().unwrap();
+        let ok = !timed_out && out.status.code() == Some(0) && used.is_some();
+        if !ok
+            && !stdout.contains("Run /init as init process")
+            && early_deaths < early_deaths_allowed
+        {
+            early_deaths += 1;
+            eprintln!(
+                "cycle {cycle}: the guest died in early boot (timed out: {timed_out}); a test-host flake, not counted: {stderr}"
+            );
+            continue;
+        }
+        assert!(!timed_out, "cycle {cycle}: kvmrun hung: {stdout}\n{stderr}");
         assert_eq!(out.status.code(), Some(0), "cycle {cycle}: {stderr}");
-        let used = sample
-            .lock()
-            .unwrap()
-            .unwrap_or_else(|| panic!("cycle {cycle}: the guest never came up: {stderr}"));
+        let used =
+            used.unwrap_or_else(|| panic!("cycle {cycle}: the guest never came up: {stderr}"));
         eprintln!("cycle {cycle}: {used:?}");
         seen.push(used);
     }

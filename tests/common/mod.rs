@@ -63,10 +63,27 @@ pub fn wait_reacting(
 
 /// `wait_reacting` with several triggers, each acted on once.
 pub fn wait_reacting_all(
-    mut child: std::process::Child,
+    child: std::process::Child,
     limit: Duration,
     reactions: Vec<Reaction>,
 ) -> Output {
+    let (out, timed_out) = reacting_or_stop(child, limit, reactions);
+    if timed_out {
+        panic!(
+            "kvmrun did not exit within {limit:?}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+/// `wait_reacting_all` that returns instead of panicking (see `wait_or_stop`).
+pub fn reacting_or_stop(
+    mut child: std::process::Child,
+    limit: Duration,
+    reactions: Vec<Reaction>,
+) -> (Output, bool) {
     use std::io::BufRead;
     let stdout = child.stdout.take().expect("stdout piped");
     let reader = std::thread::spawn(move || {
@@ -91,12 +108,27 @@ pub fn wait_reacting_all(
         }
         seen
     });
-    let mut out = wait_with_limit(child, limit);
+    let (mut out, timed_out) = wait_or_stop(child, limit);
     out.stdout = reader.join().unwrap_or_default().into_bytes();
+    (out, timed_out)
+}
+
+/// Waits for `child`, collecting its output; past `limit`, stops it (and panics: a hang).
+pub fn wait_with_limit(child: std::process::Child, limit: Duration) -> Output {
+    let (out, timed_out) = wait_or_stop(child, limit);
+    if timed_out {
+        panic!(
+            "kvmrun did not exit within {limit:?}\nstdout: {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     out
 }
 
-pub fn wait_with_limit(mut child: std::process::Child, limit: Duration) -> Output {
+/// `wait_with_limit` that returns instead of panicking: the output, and whether the child had
+/// to be stopped at `limit`.
+pub fn wait_or_stop(mut child: std::process::Child, limit: Duration) -> (Output, bool) {
     // Drain stdout and stderr while waiting: a guest that prints more than a pipe holds would
     // otherwise block kvmrun's console writes and look like a hang.
     let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
@@ -121,6 +153,7 @@ pub fn wait_with_limit(mut child: std::process::Child, limit: Duration) -> Outpu
             .map(|s| Box::new(s) as Box<dyn std::io::Read + Send>),
     );
     let deadline = std::time::Instant::now() + limit;
+    let mut timed_out = false;
     let status = loop {
         if let Some(status) = child.try_wait().expect("wait") {
             break status;
@@ -141,20 +174,17 @@ pub fn wait_with_limit(mut child: std::process::Child, limit: Duration) -> Outpu
                 std::thread::sleep(Duration::from_millis(20));
             }
             let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "kvmrun did not exit within {limit:?}\nstdout: {}\nstderr: {}",
-                String::from_utf8_lossy(&out.join().unwrap_or_default()),
-                String::from_utf8_lossy(&err.join().unwrap_or_default())
-            );
+            timed_out = true;
+            break child.wait().expect("wait");
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    Output {
+    let out = Output {
         status,
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
-    }
+    };
+    (out, timed_out)
 }
 
 /// A scratch directory unique to one test.
