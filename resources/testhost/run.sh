@@ -16,6 +16,7 @@
 # Failures of the test host itself: 124 timeout (QEMU killed), 125 QEMU failed, the test host
 # panicked, or no exit status came back. KVMRUN_TESTHOST_DEBUG=1: kernel messages and a trace of
 # the test host's init.
+# KVMRUN_TESTHOST_APPEND: more kernel parameters for the test host (e.g. kvm_amd.npt=0).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 LOG_NAME=testhost
@@ -164,6 +165,9 @@ else
   monitor=(-monitor "unix:$run/monitor,server,nowait")
   log "QEMU monitor: socat - UNIX-CONNECT:$run/monitor"
 fi
+
+# Extra kernel parameters for the test host (experiments, e.g. kvm_amd.npt=0).
+append+=${KVMRUN_TESTHOST_APPEND:+ $KVMRUN_TESTHOST_APPEND}
 
 mkfifo "$run/out"
 log "booting the test host (QEMU TCG, $cpus CPUs, $mem MiB, timeout ${timeout}s):$(printf " %q" "$@")"
