@@ -4,6 +4,7 @@
 
 mod common;
 
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{base64, run_kvmrun, scratch_dir};
@@ -404,97 +405,69 @@ fn root_file_system_on_virtio_blk() {
     );
 }
 
-#[test]
-#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
-fn flushed_data_survives_kill_9_of_kvmrun() {
-    use std::io::{BufRead, BufReader};
-    let dir = scratch_dir("blk-kill9");
+/// Boots the default guest with a fresh 1 MiB image as /dev/vda, runs `script` and, when the
+/// guest prints `ready`, sends kvmrun `signal`. Returns the image path, kvmrun's output and the
+/// time from the signal to kvmrun's end (None: the guest never got ready).
+fn signal_when_ready(
+    tag: &str,
+    script: &str,
+    ready: &str,
+    signal: i32,
+) -> (std::path::PathBuf, std::process::Output, Option<Duration>) {
+    let dir = scratch_dir(tag);
     let img = dir.join("data.img");
     std::fs::File::create(&img)
         .unwrap()
         .set_len(1 << 20)
         .unwrap();
-    let disk = disk_arg(&img, "");
-    let script = "printf 'durable-%04d\\n' $(seq 0 499) > /tmp/p && dd if=/tmp/p of=/dev/vda bs=4096 conv=fsync 2>/dev/null && echo flushed-and-waiting && sleep 600";
-    let append = append_for(script);
-    let (bz, initrd) = (
-        artifact("KVMRUN_TEST_BZIMAGE"),
-        artifact("KVMRUN_TEST_INITRD"),
+    let sent: Arc<Mutex<Option<Instant>>> = Arc::default();
+    let s = sent.clone();
+    // The pid is known once kvmrun runs; the action only runs after that.
+    let pid = Arc::new(std::sync::atomic::AtomicI32::new(0));
+    let p = pid.clone();
+    let out = boot_with_disk_reacting_pid(
+        &disk_arg(&img, ""),
+        script,
+        ready,
+        Box::new(move || {
+            // SAFETY: signalling our own child, not yet reaped (wait_reacting reaps it later).
+            unsafe { libc::kill(p.load(std::sync::atomic::Ordering::SeqCst), signal) };
+            *s.lock().unwrap() = Some(Instant::now());
+        }),
+        &pid,
     );
-    let mut child = common::kvmrun()
-        .args([
-            "run", "--kernel", &bz, "--initrd", &initrd, "--disk", &disk, "--append", &append,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("flushed-and-waiting") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let flushed = rx.recv_timeout(BOOT_LIMIT).is_ok();
+    let took = sent.lock().unwrap().map(|t| t.elapsed());
+    (img, out, took)
+}
+
+#[test]
+#[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
+fn flushed_data_survives_kill_9_of_kvmrun() {
+    let script = "printf 'durable-%04d\\n' $(seq 0 499) > /tmp/p && dd if=/tmp/p of=/dev/vda bs=4096 conv=fsync 2>/dev/null && echo flushed-and-waiting && sleep 600";
     // SIGKILL: no chance for kvmrun to flush anything itself.
-    let _ = child.kill();
-    let _ = child.wait();
-    assert!(flushed, "the guest never reported its flush");
+    let (img, out, took) =
+        signal_when_ready("blk-kill9", script, "flushed-and-waiting", libc::SIGKILL);
+    assert!(
+        took.is_some(),
+        "the guest never reported its flush: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let expected: String = (0..500).map(|i| format!("durable-{i:04}\n")).collect();
     let data = std::fs::read(&img).unwrap();
     assert_eq!(&data[..expected.len()], expected.as_bytes());
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(img.parent().unwrap());
 }
 
 #[test]
 #[ignore = "boots a Linux guest: run through resources/run-tests.sh"]
 fn sigterm_shuts_the_guest_down_and_its_unflushed_writes_reach_the_image() {
-    use std::io::{BufRead, BufReader};
-    let dir = scratch_dir("blk-sigterm");
-    let img = dir.join("data.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
-    let disk = disk_arg(&img, "");
     // Written through the guest's page cache and not flushed: only a shutdown that lets the
     // guest sync gets it to the image.
     let script = "printf 'graceful-%04d\\n' $(seq 0 499) > /tmp/p && dd if=/tmp/p of=/dev/vda bs=4096 2>/dev/null && echo written-not-flushed && sleep 600";
-    let append = append_for(script);
-    let (bz, initrd) = (
-        artifact("KVMRUN_TEST_BZIMAGE"),
-        artifact("KVMRUN_TEST_INITRD"),
-    );
-    let mut child = common::kvmrun()
-        .args([
-            "run", "--kernel", &bz, "--initrd", &initrd, "--disk", &disk, "--append", &append,
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if line.contains("written-not-flushed") {
-                let _ = tx.send(());
-            }
-        }
-    });
-    let written = rx.recv_timeout(BOOT_LIMIT).is_ok();
-    let t = Instant::now();
-    // SAFETY: signalling our own child, not yet reaped.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let out = common::wait_with_limit(child, Duration::from_secs(60));
-    let took = t.elapsed();
+    let (img, out, took) =
+        signal_when_ready("blk-sigterm", script, "written-not-flushed", libc::SIGTERM);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        written,
-        "the guest never reported its write; stderr: {stderr}"
-    );
+    let took = took.unwrap_or_else(|| panic!("the guest never reported its write: {stderr}"));
     // The command died of the SIGTERM the guest's init passed on (143), the guest synced and
     // reported it: well before the 10 s grace period would have stopped the VM (also 143).
     assert_eq!(out.status.code(), Some(143), "stderr: {stderr}");
@@ -510,7 +483,7 @@ fn sigterm_shuts_the_guest_down_and_its_unflushed_writes_reach_the_image() {
         expected,
         "the guest's unflushed writes did not reach the image"
     );
-    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(img.parent().unwrap());
 }
 
 /// Runs `cmd` (a host tool the fault tests need, as root); panics naming it on failure.
@@ -535,6 +508,17 @@ fn boot_with_disk_reacting(
     trigger: &str,
     action: Box<dyn FnOnce() + Send>,
 ) -> std::process::Output {
+    boot_with_disk_reacting_pid(disk, script, trigger, action, &Default::default())
+}
+
+/// `boot_with_disk_reacting`, storing kvmrun's pid in `pid` before any action can run.
+fn boot_with_disk_reacting_pid(
+    disk: &str,
+    script: &str,
+    trigger: &str,
+    action: Box<dyn FnOnce() + Send>,
+    pid: &std::sync::atomic::AtomicI32,
+) -> std::process::Output {
     let append = append_for(script);
     let (bz, initrd) = (
         artifact("KVMRUN_TEST_BZIMAGE"),
@@ -548,6 +532,7 @@ fn boot_with_disk_reacting(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    pid.store(child.id() as i32, std::sync::atomic::Ordering::SeqCst);
     common::wait_reacting(child, BOOT_LIMIT, trigger, action)
 }
 
