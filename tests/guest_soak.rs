@@ -203,14 +203,18 @@ fn pauser(sock: PathBuf, period: Duration, stop: Arc<AtomicBool>) -> std::thread
         api.wait_for_boot();
         let mut n = 0;
         while !stop.load(Ordering::Relaxed) {
-            let r = api.call(r#"{"cmd":"pause"}"#);
+            // The VM may end at any point (its run is over): then the socket is gone.
+            let Some(r) = api.try_call(r#"{"cmd":"pause"}"#) else {
+                break;
+            };
             if r["ok"] != true {
-                // The VM ended between the check and the call.
                 break;
             }
             assert_eq!(r["state"], "paused", "{r}");
             std::thread::sleep(period / 4);
-            let r = api.call(r#"{"cmd":"resume"}"#);
+            let Some(r) = api.try_call(r#"{"cmd":"resume"}"#) else {
+                break;
+            };
             assert_eq!(r["state"], "running", "{r}");
             n += 1;
             std::thread::sleep(period);

@@ -36,10 +36,19 @@ impl Api {
     }
 
     pub fn call(&mut self, request: &str) -> serde_json::Value {
-        writeln!(self.writer, "{request}").unwrap();
+        self.try_call(request)
+            .unwrap_or_else(|| panic!("no reply to {request}: the socket closed"))
+    }
+
+    /// `call`, or None when the socket is gone (the VM ended).
+    pub fn try_call(&mut self, request: &str) -> Option<serde_json::Value> {
+        writeln!(self.writer, "{request}").ok()?;
         let mut line = String::new();
-        self.reader.read_line(&mut line).unwrap();
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"))
+        match self.reader.read_line(&mut line) {
+            Ok(n) if n > 0 => {}
+            _ => return None,
+        }
+        Some(serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}")))
     }
 
     /// Waits until the guest's init is up (boot-complete).
