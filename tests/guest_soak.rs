@@ -208,7 +208,13 @@ fn pauser(sock: PathBuf, period: Duration, stop: Arc<AtomicBool>) -> std::thread
                 break;
             };
             if r["ok"] != true {
-                break;
+                // E.g. a vCPU slow to stop under the emulation: resume and go on.
+                eprintln!("pause: {r}");
+                if api.try_call(r#"{"cmd":"resume"}"#).is_none() {
+                    break;
+                }
+                std::thread::sleep(period);
+                continue;
             }
             assert_eq!(r["state"], "paused", "{r}");
             std::thread::sleep(period / 4);
