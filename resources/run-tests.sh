@@ -67,7 +67,7 @@ if [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo; then
   # new one carries on where it stopped (up to three test hosts within the time budget). A test
   # that fails twice fails the suite.
   state=$(mktemp -d /var/tmp/kvmrun-guest-tests.XXXXXX)
-  budget=${KVMRUN_TESTHOST_TIMEOUT:-1800} started=$SECONDS rc=0
+  budget=${KVMRUN_TESTHOST_TIMEOUT:-2400} started=$SECONDS rc=0
   for testhost in 1 2 3; do
     left=$((budget - (SECONDS - started)))
     [ "$left" -gt 60 ] || { echo "run-tests: no time left for another test host" >&2; break; }
