@@ -334,6 +334,7 @@ pub fn run_net(b: &mut Bench) {
         ("mib", mib.to_string()),
         ("vcpus", "1".to_string()),
         ("memory_mib", "512".to_string()),
+        ("initrd", "default (busybox)".to_string()),
         ("script", "resources/bench/net.sh".to_string()),
     ];
     let args = vec![
@@ -372,6 +373,7 @@ pub fn run_vm2vm(b: &mut Bench) {
         ("guests", "2".to_string()),
         ("vcpus", "1".to_string()),
         ("memory_mib", "512".to_string()),
+        ("initrd", "benchmark (busybox, iperf3)".to_string()),
         ("script", "resources/bench/vm2vm.sh".to_string()),
     ];
     let args = vec![
