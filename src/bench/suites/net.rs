@@ -37,12 +37,16 @@ pub(super) struct Figure {
     pub values: Vec<f64>,
 }
 
-/// What a script's JSON holds for the configurations that ran: the figures with values, and the
-/// (name, target) of those expected but missing.
+/// What a script's JSON holds for the configurations that ran: the figures with values, the
+/// (name, target) of those expected but missing, and of those with fewer values than runs
+/// (a guest run that failed) with how many they have.
 #[derive(Debug, Default, PartialEq)]
 pub(super) struct Parsed {
     pub figures: Vec<Figure>,
     pub missing: Vec<(String, Target)>,
+    pub short: Vec<(String, Target, usize)>,
+    /// The runs the script was asked for (`runs` in the JSON).
+    pub runs: usize,
 }
 
 /// Reads the `--out` JSON of net.sh or vm2vm.sh: `metrics[]`, each with `name`, `unit` and one
@@ -53,7 +57,10 @@ pub(super) fn parse(json: &str, configs: &[(Target, &str)]) -> Result<Parsed, St
     let metrics = v["metrics"]
         .as_array()
         .ok_or("no \"metrics\" array in the JSON")?;
-    let mut p = Parsed::default();
+    let mut p = Parsed {
+        runs: v["runs"].as_u64().unwrap_or(0) as usize,
+        ..Parsed::default()
+    };
     for m in metrics {
         let key = m["name"].as_str().ok_or("a metric without a name")?;
         let unit = m["unit"].as_str().unwrap_or("");
@@ -71,6 +78,9 @@ pub(super) fn parse(json: &str, configs: &[(Target, &str)]) -> Result<Parsed, St
             if values.is_empty() {
                 p.missing.push((name, *target));
             } else {
+                if values.len() < p.runs {
+                    p.short.push((name.clone(), *target, values.len()));
+                }
                 p.figures.push(Figure {
                     name,
                     target: *target,
@@ -277,6 +287,14 @@ fn interpret(
         let why = format!("{script} gave no value (guest logs next to its JSON)\n{why}");
         out.push(Entry::Failed(name, t, why));
     }
+    // The figure keeps the runs that gave a value; the failed runs are said, not hidden.
+    for (name, t, got) in parsed.short {
+        let why = format!(
+            "{script}: {got} of {} runs gave a value (guest logs next to its JSON)\n{why}",
+            parsed.runs
+        );
+        out.push(Entry::Failed(format!("{name}/runs"), t, why));
+    }
     out
 }
 
@@ -460,6 +478,10 @@ mod tests {
         );
         // 3 g2h + 4 rr + 2 exits (kvmrun only).
         assert_eq!(p.figures.len(), 9);
+        // runs 2: the figures with one value are short of runs.
+        assert_eq!(p.runs, 2);
+        assert_eq!(p.short.len(), 6);
+        assert!(p.short.contains(&("e1000/rr".to_string(), Target::Qemu, 1)));
     }
 
     #[test]
@@ -530,6 +552,10 @@ mod tests {
         );
         assert!(e.iter().any(|x| matches!(x,
             Entry::Failed(n, Target::Qemu, _) if n == "e1000/g2h")));
+        // A figure with fewer values than runs is kept, and the missing runs are a failure.
+        assert!(e.iter().any(|x| matches!(x,
+            Entry::Failed(n, Target::Kvmrun, why) if n == "virtio/rr/runs"
+                && why.contains("1 of 2 runs"))));
     }
 
     #[test]
