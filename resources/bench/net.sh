@@ -110,7 +110,12 @@ fi
 # The host end, in the namespace: port 5000 sinks (guest -> host), port 5001 sources MIB MiB
 # (host -> guest). A guest first connects to port 5002 and sends a test id and the number of
 # connections that follow; the server prints "@@NET id bytes seconds" when they are all done.
-ip netns exec "$ns" python3 -u - "$mib" >"$work/server.log" 2>&1 <<'PY' &
+# A guest that dies mid-test leaves it waiting on a connection that never ends: it is then
+# restarted (start_server again), so that the next guest does not queue behind it.
+start_server() {
+  local ready
+  ready=$(grep -c '^@@READY' "$work/server.log" 2>/dev/null || true)
+  ip netns exec "$ns" python3 -u - "$mib" >>"$work/server.log" 2>&1 <<'PY' &
 import socket, sys, threading, time
 mib = int(sys.argv[1])
 def listener(port):
@@ -162,14 +167,18 @@ while True:
         end = time.monotonic()
     print(f"@@NET {test} {sum(n for n, _ in out)} {end - t0:.6f}", flush=True)
 PY
-server=$!
-# Python's first start can take seconds (in the test host it loads over 9p).
-for _ in $(seq 600); do
-  grep -q '^@@READY' "$work/server.log" 2>/dev/null && break
-  kill -0 "$server" 2>/dev/null || { echo "net.sh: the host end failed:" >&2; cat "$work/server.log" >&2; exit 1; }
-  sleep 0.1
-done
-grep -q '^@@READY' "$work/server.log" || { echo "net.sh: the host end did not start in 60 s" >&2; exit 1; }
+  server=$!
+  # Python's first start can take seconds (in the test host it loads over 9p).
+  for _ in $(seq 600); do
+    [ "$(grep -c '^@@READY' "$work/server.log")" -gt "${ready:-0}" ] && return 0
+    kill -0 "$server" 2>/dev/null || { echo "net.sh: the host end failed:" >&2; cat "$work/server.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "net.sh: the host end did not start in 60 s" >&2
+  exit 1
+}
+: >"$work/server.log"
+start_server
 
 # The guest's script. "ctl TEST N" announces a test to the server.
 guest_script=$(cat <<SH
@@ -243,15 +252,25 @@ for i in $(seq "$runs"); do
           /^@@NET/ && $4 > 0 && $3 >= mib * 1048576 { print v, n, r, $2, $3 / $4 / 1e6 }' >>"$results"
       tr -d '\r' <"$work/$vmm-$nic-$i.log" | awk -v v="$vmm" -v n="$nic" -v r="$i" '
         /^@@RR [0-9.]+$/ { print v, n, r, "rr", $2 }
-        /^@@CPU [0-9.]+$/ { print v, n, r, "cpu", $2 }
+        /^@@CPU [0-9.]+$/ { cpu = $2 }
         /^@@PKTS [0-9]+$/ { pkts = $2 }
         /^@@EXITS/ { exits = $2 + $3 + $4 }
-        END { if (pkts > 0 && exits > 0) print v, n, r, "exits_per_packet", exits / pkts }' >>"$results"
+        # CPU use only of a guest that ran its whole script (it ends with @@PKTS).
+        END {
+          if (pkts > 0 && cpu != "") print v, n, r, "cpu", cpu
+          if (pkts > 0 && exits > 0) print v, n, r, "exits_per_packet", exits / pkts
+        }' >>"$results"
       got=$(awk -v v="$vmm" -v n="$nic" -v r="$i" '$1 == v && $2 == n && $3 == r' "$results" | wc -l)
       echo "run $i/$runs: $vmm $nic: $got results in $(($(date +%s) - t0)) s" >&2
       if [ "$got" -lt 4 ]; then
         echo "net.sh: $vmm $nic run $i: missing results; its output ends with:" >&2
         tail -n 15 "$work/$vmm-$nic-$i.log" | cut -c1-200 >&2
+      fi
+      if [ "$(tail -n +"$((before + 1))" "$work/server.log" | grep -c '^@@NET')" -lt 3 ]; then
+        echo "net.sh: the host end did not finish this guest's tests: restarting it" >&2
+        kill "$server" 2>/dev/null || true
+        wait "$server" 2>/dev/null || true
+        start_server
       fi
     done
   done
