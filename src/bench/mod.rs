@@ -241,7 +241,7 @@ fn run_here(args: BenchArgs, artifacts: Artifacts, in_testhost: bool) -> Result<
         b.artifacts.bench_initrd.display().to_string(),
     );
     b.env
-        .insert("nic_model".into(), "none (net suites not run)".into());
+        .insert("nic_model".into(), "none (net suite not run)".into());
 
     let total: usize = b.args.suites.iter().map(|s| suites::steps(*s, &b)).sum();
     b.progress = Progress::new(total);

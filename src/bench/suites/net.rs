@@ -385,6 +385,12 @@ pub fn run_vm2vm(b: &mut Bench) {
         "vm2vm: resources/bench/vm2vm.sh, two kvmrun guests on a bridge, {runs} run(s) of \
          {mib} MiB, virtio-net and e1000"
     ));
+    b.env.insert(
+        "vm2vm_network".into(),
+        "two kvmrun guests (1 vCPU, 512 MiB each), both virtio-net or both e1000, on two taps \
+         enslaved to a Linux bridge in a network namespace"
+            .into(),
+    );
     let configs: Vec<(Target, &str)> = NICS.iter().map(|n| (Target::Kvmrun, *n)).collect();
     let params = [
         ("mib", mib.to_string()),
