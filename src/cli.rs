@@ -451,6 +451,16 @@ mod tests {
         assert!(args.quick && args.compare.is_some());
         assert_eq!(args.runs, 3);
         assert!(Cli::try_parse_from(["kvmrun", "bench", "--suite", "gpu"]).is_err());
+        // Without --suite: every suite; --quick leaves out net and vm2vm (they run when named).
+        use crate::bench::default_suites;
+        assert!(default_suites(false).contains(&SuiteName::Vm2vm));
+        let quick = default_suites(true);
+        assert!(quick.contains(&SuiteName::Disk) && !quick.contains(&SuiteName::Net));
+        let cli = Cli::try_parse_from(["kvmrun", "bench", "--suite", "net,vm2vm", "--quick"]);
+        let Command::Bench(args) = cli.unwrap().command else {
+            panic!("not parsed as bench");
+        };
+        assert_eq!(args.suites, [SuiteName::Net, SuiteName::Vm2vm]);
     }
 
     #[test]

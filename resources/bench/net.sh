@@ -5,7 +5,7 @@
 # with the same kernel and initramfs (1 vCPU, 512 MiB), each RUNS times (default 3), interleaved.
 # Workloads, per guest boot:
 #   g2h    guest -> host, 1 TCP stream of MIB MiB (busybox nc in the guest, a Python sink here)
-#   g2h4   guest -> host, 4 streams of MIB/4 MiB each at once
+#   g2h4   guest -> host, 4 streams of MIB/4 MiB each at once (in 256 KiB blocks)
 #   h2g    host -> guest, 1 stream of MIB MiB
 #   rr     request/response: ICMP echo round trip (busybox ping, 20 x 0.2 s), median of the 20
 # Throughput is timed on the host side, from the first accepted connection to the last byte
@@ -13,27 +13,36 @@
 # time over the guest's lifetime, in % of one core) and VM exits per packet (kvmrun counts its
 # exits by kind; packets from the guest's /proc/net/dev).
 #
-# net.sh [RUNS] [--mib MIB] [--out FILE]   (--out: the same results as JSON)
+# net.sh [RUNS] [--mib MIB] [--vmms kvmrun,qemu] [--out FILE]   (--out: the same results as JSON)
+# --vmms: which VMMs to measure (default both; `kvmrun bench` leaves QEMU out unless compared).
 #
 # Runs where guests run: directly on hardware KVM, or (PVM here) re-runs itself inside the test
 # host; only ratios taken in the same run mean anything there (default MIB: 4 in the test host,
-# where the emulated e1000 moves about 0.2 MB/s, 64 on hardware).
+# where the emulated e1000 moves about 0.2 MB/s, 64 on hardware). Exit status: 0 every figure
+# taken, 1 some missing, 2 usage, 77 the namespace or tap cannot be made here (no root /
+# CAP_NET_ADMIN).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-runs=3 mib= out=
+runs=3 mib='' out='' vmms=kvmrun,qemu
+usage() { echo "net.sh: usage: net.sh [RUNS] [--mib MIB] [--vmms kvmrun,qemu] [--out FILE]" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case $1 in
     --out) out=${2:?--out needs a file}; shift 2 ;;
     --out=*) out=${1#*=}; shift ;;
     --mib) mib=${2:?--mib needs a number}; shift 2 ;;
     --mib=*) mib=${1#*=}; shift ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *[!0-9]* | '') echo "net.sh: usage: net.sh [RUNS] [--mib MIB] [--out FILE]" >&2; exit 2 ;;
+    --vmms) vmms=${2:?--vmms needs a list}; shift 2 ;;
+    --vmms=*) vmms=${1#*=}; shift ;;
+    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *[!0-9]* | '') usage ;;
     *) runs=$1; shift ;;
   esac
 done
 [ "$runs" -ge 1 ] || { echo "net.sh: RUNS must be at least 1" >&2; exit 2; }
 case $mib in '' | *[!0-9]*) [ -z "$mib" ] || { echo "net.sh: --mib takes a whole number" >&2; exit 2; } ;; esac
+for v in ${vmms//,/ }; do
+  case $v in kvmrun | qemu) ;; *) echo "net.sh: --vmms takes kvmrun and/or qemu (got '$v')" >&2; exit 2 ;; esac
+done
 if [ -n "$out" ]; then
   out=$(cd "$(dirname "$out")" && pwd -P)/$(basename "$out")
 fi
@@ -48,11 +57,11 @@ if [ -z "${KVMRUN_BENCH_INNER:-}" ] && { [ -e /sys/module/kvm_pvm ] || ! grep -q
   rc=0
   bash "$here/testhost/run.sh" --timeout 3000 ${KVMRUN_BENCH_TESTHOST_CPUS:+--cpus "$KVMRUN_BENCH_TESTHOST_CPUS"} "${share[@]}" --env KVMRUN_BENCH_INNER=1 \
     --env KVMRUN_BENCH_KERNEL="$bz" --env KVMRUN_BENCH_INITRD="$initrd" \
-    -- bash "$0" "$runs" --mib "${mib:-4}" ${out:+--out "$out"} || rc=$?
+    -- bash "$0" "$runs" --mib "${mib:-4}" --vmms "$vmms" ${out:+--out "$out"} || rc=$?
   exit "$rc"
 fi
 mib=${mib:-64}
-[ "$mib" -ge 4 ] || { echo "net.sh: --mib must be at least 4" >&2; exit 2; }
+[ "$mib" -ge 1 ] || { echo "net.sh: --mib must be at least 1" >&2; exit 2; }
 
 kvmrun=${KVMRUN_BIN:-$here/../target/release/kvmrun}
 bz=${KVMRUN_BENCH_KERNEL:-}
@@ -62,10 +71,11 @@ if [ -z "$bz" ]; then
   read -r bz _ < <(bash "$here/guest/build-kernel.sh" | tail -n1)
   initrd=$(bash "$here/guest/build-initramfs.sh" | tail -n1)
 fi
-for c in qemu-system-x86_64 python3 ip; do
+need=(python3 ip)
+case ,$vmms, in *,qemu,*) need+=(qemu-system-x86_64) ;; esac
+for c in "${need[@]}"; do
   command -v "$c" >/dev/null || { echo "net.sh: $c missing" >&2; exit 1; }
 done
-[ "$(id -u)" = 0 ] || { echo "net.sh: needs root (ip netns add, taps)" >&2; exit 1; }
 
 # Logs (guest consoles, the server's) go next to --out when given, to be read afterwards.
 if [ -n "$out" ]; then
@@ -76,21 +86,36 @@ else
 fi
 ns=kvmrun-netbench-$$
 cleanup() {
+  local k
   [ -z "${server:-}" ] || kill "$server" 2>/dev/null || true
+  # A kvmrun still running (the script was stopped): its pid file may be stale, hence the name.
+  k=$(cat "$work/pid" 2>/dev/null || true)
+  if [ -n "$k" ] && [ "$(cat "/proc/$k/comm" 2>/dev/null)" = kvmrun ]; then kill -TERM "$k" || true; fi
   ip netns del "$ns" 2>/dev/null || true
   [ -n "$out" ] || rm -rf "$work"
 }
 trap cleanup EXIT
-ip netns add "$ns"
-ip -n "$ns" link set lo up
-ip -n "$ns" tuntap add dev tap0 mode tap vnet_hdr
-ip -n "$ns" addr add 10.0.2.1/24 dev tap0
-ip -n "$ns" link set tap0 up
+# bash runs the EXIT trap on a signal only when the signal is trapped.
+trap 'exit 143' TERM INT HUP
+make_net() {
+  ip netns add "$ns" && ip -n "$ns" link set lo up &&
+    ip -n "$ns" tuntap add dev tap0 mode tap vnet_hdr &&
+    ip -n "$ns" addr add 10.0.2.1/24 dev tap0 && ip -n "$ns" link set tap0 up
+}
+if ! make_net 2>"$work/netns.err"; then
+  echo "net.sh: cannot create the namespace and tap (needs root or CAP_NET_ADMIN, and the tun module): $(tr '\n' ' ' <"$work/netns.err")" >&2
+  exit 77
+fi
 
 # The host end, in the namespace: port 5000 sinks (guest -> host), port 5001 sources MIB MiB
 # (host -> guest). A guest first connects to port 5002 and sends a test id and the number of
 # connections that follow; the server prints "@@NET id bytes seconds" when they are all done.
-ip netns exec "$ns" python3 -u - "$mib" >"$work/server.log" 2>&1 <<'PY' &
+# A guest that dies mid-test leaves it waiting on a connection that never ends: it is then
+# restarted (start_server again), so that the next guest does not queue behind it.
+start_server() {
+  local ready
+  ready=$(grep -c '^@@READY' "$work/server.log" 2>/dev/null || true)
+  ip netns exec "$ns" python3 -u - "$mib" >>"$work/server.log" 2>&1 <<'PY' &
 import socket, sys, threading, time
 mib = int(sys.argv[1])
 def listener(port):
@@ -142,14 +167,18 @@ while True:
         end = time.monotonic()
     print(f"@@NET {test} {sum(n for n, _ in out)} {end - t0:.6f}", flush=True)
 PY
-server=$!
-# Python's first start can take seconds (in the test host it loads over 9p).
-for _ in $(seq 600); do
-  grep -q '^@@READY' "$work/server.log" 2>/dev/null && break
-  kill -0 "$server" 2>/dev/null || { echo "net.sh: the host end failed:" >&2; cat "$work/server.log" >&2; exit 1; }
-  sleep 0.1
-done
-grep -q '^@@READY' "$work/server.log" || { echo "net.sh: the host end did not start in 60 s" >&2; exit 1; }
+  server=$!
+  # Python's first start can take seconds (in the test host it loads over 9p).
+  for _ in $(seq 600); do
+    [ "$(grep -c '^@@READY' "$work/server.log")" -gt "${ready:-0}" ] && return 0
+    kill -0 "$server" 2>/dev/null || { echo "net.sh: the host end failed:" >&2; cat "$work/server.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  echo "net.sh: the host end did not start in 60 s" >&2
+  exit 1
+}
+: >"$work/server.log"
+start_server
 
 # The guest's script. "ctl TEST N" announces a test to the server.
 guest_script=$(cat <<SH
@@ -157,7 +186,7 @@ ip link set eth0 up && ip addr add 10.0.2.15/24 dev eth0 || exit 1
 ping -c 3 -W 5 10.0.2.1 >/dev/null || exit 1
 ctl() { echo "\$1 \$2" | nc 10.0.2.1 5002; }
 echo @@STEP g2h; ctl g2h 1; dd if=/dev/zero bs=1M count=$mib 2>/dev/null | nc 10.0.2.1 5000
-echo @@STEP g2h4; ctl g2h4 4; for i in 1 2 3 4; do dd if=/dev/zero bs=1M count=$((mib / 4)) 2>/dev/null | nc 10.0.2.1 5000 & done; wait
+echo @@STEP g2h4; ctl g2h4 4; for i in 1 2 3 4; do dd if=/dev/zero bs=256K count=$mib 2>/dev/null | nc 10.0.2.1 5000 & done; wait
 echo @@STEP h2g; ctl h2g 1; nc 10.0.2.1 5001 </dev/null >/dev/null; ctl done 0
 echo @@STEP rr; echo "@@RR \$(ping -c 20 -i 0.2 10.0.2.1 | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n | sed -n 10p)"
 echo "@@PKTS \$(awk '/eth0:/ { sub(/.*eth0:/, ""); print \$2 + \$10 }' /proc/net/dev)"
@@ -177,6 +206,7 @@ run_kvmrun() { # NIC
   t0=$(date +%s.%N)
   # sh records its pid and becomes kvmrun (exec), so that /proc/PID/stat is kvmrun's.
   rm -f "$work/pid"
+  # shellcheck disable=SC2016 # $$ is the inner sh's
   ip netns exec "$ns" sh -c 'echo $$ >"$0"; exec "$@"' "$work/pid" "$kvmrun" run --memory 512M \
     --kernel "$bz" --initrd "$initrd" --cmdline "$cmdline" --net "tap=tap0,model=$model" \
     --console stdio --log-level info </dev/null >"$work/guest.log" 2>&1 &
@@ -210,7 +240,7 @@ run_qemu() { # NIC
 }
 
 for i in $(seq "$runs"); do
-  for vmm in kvmrun qemu; do
+  for vmm in ${vmms//,/ }; do
     for nic in virtio e1000; do
       echo "run $i/$runs: $vmm $nic" >&2
       before=$(wc -l <"$work/server.log")
@@ -219,18 +249,28 @@ for i in $(seq "$runs"); do
       sleep 0.5
       tail -n +"$((before + 1))" "$work/server.log" | tr -d '\r' |
         awk -v v="$vmm" -v n="$nic" -v r="$i" -v mib="$mib" '
-          /^@@NET/ && $4 > 0 && $3 >= (mib - 1) * 1048576 { print v, n, r, $2, $3 / $4 / 1e6 }' >>"$results"
+          /^@@NET/ && $4 > 0 && $3 >= mib * 1048576 { print v, n, r, $2, $3 / $4 / 1e6 }' >>"$results"
       tr -d '\r' <"$work/$vmm-$nic-$i.log" | awk -v v="$vmm" -v n="$nic" -v r="$i" '
         /^@@RR [0-9.]+$/ { print v, n, r, "rr", $2 }
-        /^@@CPU [0-9.]+$/ { print v, n, r, "cpu", $2 }
+        /^@@CPU [0-9.]+$/ { cpu = $2 }
         /^@@PKTS [0-9]+$/ { pkts = $2 }
         /^@@EXITS/ { exits = $2 + $3 + $4 }
-        END { if (pkts > 0 && exits > 0) print v, n, r, "exits_per_packet", exits / pkts }' >>"$results"
+        # CPU use only of a guest that ran its whole script (it ends with @@PKTS).
+        END {
+          if (pkts > 0 && cpu != "") print v, n, r, "cpu", cpu
+          if (pkts > 0 && exits > 0) print v, n, r, "exits_per_packet", exits / pkts
+        }' >>"$results"
       got=$(awk -v v="$vmm" -v n="$nic" -v r="$i" '$1 == v && $2 == n && $3 == r' "$results" | wc -l)
       echo "run $i/$runs: $vmm $nic: $got results in $(($(date +%s) - t0)) s" >&2
       if [ "$got" -lt 4 ]; then
         echo "net.sh: $vmm $nic run $i: missing results; its output ends with:" >&2
         tail -n 15 "$work/$vmm-$nic-$i.log" | cut -c1-200 >&2
+      fi
+      if [ "$(tail -n +"$((before + 1))" "$work/server.log" | grep -c '^@@NET')" -lt 3 ]; then
+        echo "net.sh: the host end did not finish this guest's tests: restarting it" >&2
+        kill "$server" 2>/dev/null || true
+        wait "$server" 2>/dev/null || true
+        start_server
       fi
     done
   done
@@ -244,16 +284,17 @@ fi
 cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
 host_kernel=$(uname -r)
 kvmrun_git=$(git -C "$here/.." describe --always --dirty 2>/dev/null || echo unknown)
-qemu_version=$(qemu-system-x86_64 --version | head -n1)
-export where runs mib out cpu_model host_kernel bz initrd kvmrun_git qemu_version
+qemu_version=$(qemu-system-x86_64 --version 2>/dev/null | head -n1 || echo "QEMU not run")
+export where runs mib out cpu_model host_kernel bz initrd kvmrun_git qemu_version vmms
 python3 - "$results" <<'PY'
 import json, os, statistics, sys
 
 env = os.environ
 metrics = [("g2h", "guest -> host, 1 stream", "MB/s"), ("g2h4", "guest -> host, 4 streams", "MB/s"),
            ("h2g", "host -> guest, 1 stream", "MB/s"), ("rr", "ICMP round trip (median)", "ms"),
-           ("cpu", "kvmrun CPU use", "% core"), ("exits_per_packet", "kvmrun VM exits per packet", "")]
+           ("cpu", "kvmrun CPU use", "% core"), ("exits_per_packet", "kvmrun VM exits per packet", "exits/packet")]
 configs = [("kvmrun", "virtio"), ("kvmrun", "e1000"), ("qemu", "virtio"), ("qemu", "e1000")]
+ran = [(v, n) for v, n in configs if v in env["vmms"].split(",")]
 vals = {}
 for line in open(sys.argv[1]):
     vmm, nic, run, metric, v = line.split()
@@ -266,6 +307,7 @@ def ratio(a, b):
     return a["median"] / b["median"] if a and b and b["median"] else None
 
 report = {"benchmark": "net", "where": env["where"], "runs": int(env["runs"]), "mib": int(env["mib"]),
+          "vmms": env["vmms"].split(","),
           "environment": {"host_cpu": env["cpu_model"], "host_kernel": env["host_kernel"],
                           "guest_kernel": env["bz"], "guest_initrd": env["initrd"], "guest_vcpus": 1,
                           "guest_memory_mib": 512, "backend": "tap in a network namespace",
@@ -310,6 +352,6 @@ if env.get("out"):
         f.write("\n")
     print(f"\nJSON: {env['out']}")
 need = [m for m in report["metrics"] if m["name"] in ("g2h", "g2h4", "h2g", "rr")]
-missing = sum(1 for m in need for v, n in configs if not m[f"{v}_{n}"] or len(m[f"{v}_{n}"]["values"]) != report["runs"])
+missing = sum(1 for m in need for v, n in ran if not m[f"{v}_{n}"] or len(m[f"{v}_{n}"]["values"]) != report["runs"])
 sys.exit(1 if missing else 0)
 PY

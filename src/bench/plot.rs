@@ -1,6 +1,6 @@
 //! SVG plots (plotters, SVG backend only): matrix multiplication MFLOP/s over matrix size per
-//! target and thread count, throughput bars (memory bandwidth; disk relative to the host), and
-//! the boot time distribution. Each plot's file name starts with its suite's name.
+//! target and thread count, throughput bars (memory bandwidth; disk relative to the host;
+//! network), and the boot time distribution. Each plot's file name starts with its suite's name.
 
 use std::path::Path;
 
@@ -68,6 +68,32 @@ pub fn all(r: &Results, dir: &Path) -> Result<Vec<(String, String)>, BenchError>
             "s",
             None,
             &dir.join("concurrency-pi.svg"),
+        )?,
+    );
+    add(
+        "network throughput",
+        "net-throughput.svg",
+        bars(
+            r,
+            "net",
+            Some("MB/s"),
+            "TCP between guest and host, NIC/workload (median)",
+            "MB/s",
+            None,
+            &dir.join("net-throughput.svg"),
+        )?,
+    );
+    add(
+        "guest to guest throughput",
+        "vm2vm-throughput.svg",
+        bars(
+            r,
+            "vm2vm",
+            Some("MB/s"),
+            "TCP between two guests on a bridge (median)",
+            "MB/s",
+            None,
+            &dir.join("vm2vm-throughput.svg"),
         )?,
     );
     add(

@@ -87,7 +87,11 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
                 r.ratios
                     .iter()
                     .find(|x| {
-                        x.suite == suite && x.name == name && x.numerator == n && x.denominator == d
+                        x.suite == suite
+                            && x.name == name
+                            && x.numerator == n
+                            && x.denominator == d
+                            && x.denominator_name.is_none()
                     })
                     .map_or("-".to_string(), |x| format!("{:.3}", x.value))
             };
@@ -100,6 +104,21 @@ pub fn markdown(r: &Results, plots: &[(String, String)]) -> String {
                 ratio(Target::Kvmrun, Target::Host),
                 ratio(Target::Kvmrun, Target::Qemu)
             );
+        }
+        let nic: Vec<_> = r
+            .ratios
+            .iter()
+            .filter(|x| x.suite == suite && x.denominator_name.is_some())
+            .collect();
+        if !nic.is_empty() {
+            let _ = writeln!(
+                md,
+                "\nNIC models on the same VMM, ratios of medians:\n\n| figure | ratio | value |\n|---|---|---|"
+            );
+            for x in nic {
+                let figure = x.name.split_once('/').map_or(x.name.as_str(), |(_, f)| f);
+                let _ = writeln!(md, "| {figure} | {} | {:.3} |", x.label(), x.value);
+            }
         }
         for (title, file) in plots.iter().filter(|(_, f)| f.starts_with(suite)) {
             let _ = writeln!(md, "\n![{title}]({file})");
@@ -136,7 +155,7 @@ pub fn ratio_groups(r: &Results) -> Vec<(String, String, Vec<f64>)> {
         .iter()
         .filter(|x| x.value > 0.0 && x.value.is_finite())
     {
-        let label = format!("{}/{}", x.numerator.label(), x.denominator.label());
+        let label = x.label();
         match groups
             .iter_mut()
             .find(|(s, l, _)| *s == x.suite && *l == label)
@@ -187,5 +206,34 @@ mod tests {
         );
         assert!(md.contains("![MFLOP/s](cpu-matmul.svg)"));
         assert!(md.contains("- net/virtio/tcp: being fixed"));
+    }
+
+    #[test]
+    fn nic_ratios_get_their_own_rows_and_summary() {
+        let mut rec = Recorder::default();
+        for (name, v) in [("virtio/g2h", 8.0), ("e1000/g2h", 2.0)] {
+            rec.measured("net", name, Target::Kvmrun, "MB/s", true, vec![v], &[]);
+        }
+        let r = rec.into_results(
+            "ctx".into(),
+            "kvmrun bench".into(),
+            "t".into(),
+            "g".into(),
+            Default::default(),
+        );
+        let md = markdown(&r, &[]);
+        assert!(
+            md.contains("| g2h | virtio/e1000 (kvmrun) | 4.000 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| net | virtio/e1000 (kvmrun) | 1 | 4.000 | 4.000 .. 4.000 |"),
+            "{md}"
+        );
+        // No kvmrun/qemu figure was taken: the table's ratio columns stay empty.
+        assert!(
+            md.contains("| virtio/g2h | MB/s | - | 8.00 / **8.00** / 8.00 | - | - | - |"),
+            "{md}"
+        );
     }
 }

@@ -71,15 +71,38 @@ pub enum Outcome {
     Skipped(Unmeasured),
 }
 
-/// A ratio of two targets' medians of the same figure, taken in the same run.
+/// A ratio of two medians taken in the same run: of two targets' values of the same figure
+/// (`name`), or of two NIC models' figures on one target (`name` over `denominator_name`, e.g.
+/// `virtio/g2h` over `e1000/g2h`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ratio {
     pub suite: String,
     pub name: String,
     pub numerator: Target,
     pub denominator: Target,
+    /// The denominator's figure when it is not `name` (NIC model ratios).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub denominator_name: Option<String>,
     pub value: f64,
 }
+
+impl Ratio {
+    /// What is divided by what, e.g. `kvmrun/qemu` or `virtio/e1000 (kvmrun)`.
+    pub fn label(&self) -> String {
+        match &self.denominator_name {
+            Some(d) => format!(
+                "{}/{} ({})",
+                self.name.split('/').next().unwrap_or(""),
+                d.split('/').next().unwrap_or(""),
+                self.numerator.label()
+            ),
+            None => format!("{}/{}", self.numerator.label(), self.denominator.label()),
+        }
+    }
+}
+
+/// The NIC models compared on one target: a figure `virtio/X` is divided by `e1000/X`.
+const NIC_PAIR: (&str, &str) = ("virtio/", "e1000/");
 
 /// The whole of `results.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -169,7 +192,8 @@ impl Recorder {
         })
     }
 
-    /// kvmrun/host, qemu/host and kvmrun/qemu for every figure measured on both targets.
+    /// kvmrun/host, qemu/host and kvmrun/qemu for every figure measured on both targets, then
+    /// virtio/e1000 on each target for every NIC figure measured with both models.
     pub fn ratios(&self) -> Vec<Ratio> {
         let pairs = [
             (Target::Kvmrun, Target::Host),
@@ -190,10 +214,30 @@ impl Recorder {
                             name: m.name.clone(),
                             numerator: num,
                             denominator: den,
+                            denominator_name: None,
                             value: a.summary.median / b.summary.median,
                         });
                     }
                 }
+            }
+        }
+        for m in self.measurements() {
+            let Some(rest) = m.name.strip_prefix(NIC_PAIR.0) else {
+                continue;
+            };
+            let other = format!("{}{rest}", NIC_PAIR.1);
+            let den = self
+                .measurements()
+                .find(|x| x.suite == m.suite && x.name == other && x.target == m.target);
+            if let Some(d) = den.filter(|d| d.summary.median != 0.0) {
+                out.push(Ratio {
+                    suite: m.suite.clone(),
+                    name: m.name.clone(),
+                    numerator: m.target,
+                    denominator: m.target,
+                    denominator_name: Some(other),
+                    value: m.summary.median / d.summary.median,
+                });
             }
         }
         out
@@ -298,6 +342,35 @@ mod tests {
         assert!((get(Target::Kvmrun, Target::Host).unwrap() - 0.96).abs() < 1e-12);
         assert!((get(Target::Qemu, Target::Host).unwrap() - 0.8).abs() < 1e-12);
         assert!((get(Target::Kvmrun, Target::Qemu).unwrap() - 1.2).abs() < 1e-12);
+    }
+
+    #[test]
+    fn nic_figures_give_virtio_over_e1000_per_target() {
+        let mut r = Recorder::default();
+        for (name, t, v) in [
+            ("virtio/g2h", Target::Kvmrun, 6.0),
+            ("e1000/g2h", Target::Kvmrun, 2.0),
+            ("virtio/g2h", Target::Qemu, 4.0),
+            ("e1000/g2h", Target::Qemu, 4.0),
+            ("virtio/cpu", Target::Kvmrun, 50.0),
+        ] {
+            r.measured("net", name, t, "MB/s", true, vec![v], &[]);
+        }
+        let nic: Vec<Ratio> = r
+            .ratios()
+            .into_iter()
+            .filter(|x| x.denominator_name.is_some())
+            .collect();
+        assert_eq!(nic.len(), 2, "{nic:?}");
+        assert_eq!(nic[0].name, "virtio/g2h");
+        assert_eq!(nic[0].denominator_name.as_deref(), Some("e1000/g2h"));
+        assert_eq!((nic[0].numerator, nic[0].value), (Target::Kvmrun, 3.0));
+        assert_eq!(nic[0].label(), "virtio/e1000 (kvmrun)");
+        assert_eq!((nic[1].numerator, nic[1].value), (Target::Qemu, 1.0));
+        // kvmrun/qemu pairs by name as for every suite.
+        assert!(r.ratios().iter().any(|x| x.label() == "kvmrun/qemu"
+            && x.name == "e1000/g2h"
+            && (x.value - 0.5).abs() < 1e-12));
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub fn steps(s: SuiteName, b: &Bench) -> usize {
         SuiteName::Boot => boot::steps(b),
         SuiteName::Disk => disk::steps(b),
         SuiteName::Concurrency => concurrency::steps(b),
-        SuiteName::Net | SuiteName::Vm2vm => 0,
+        SuiteName::Net | SuiteName::Vm2vm => net::steps(b),
     }
 }
 
@@ -184,6 +184,7 @@ mod tests {
         assert_eq!(steps(SuiteName::Cpu, &b), 3);
         // boot: per target one warm-up + runs boots.
         assert_eq!(steps(SuiteName::Boot, &b), 2 * 101);
-        assert_eq!(steps(SuiteName::Net, &b), 0);
+        // net: one script run.
+        assert_eq!(steps(SuiteName::Net, &b), 1);
     }
 }

@@ -1,0 +1,237 @@
+#!/usr/bin/env bash
+# VM-to-VM benchmark: two kvmrun guests on one Linux bridge inside a network namespace this
+# script creates (and deletes): a bridge and two taps enslaved to it, nothing outside the
+# namespace. One guest runs an iperf3 server, the other sends MIB MiB to it (iperf3 -n) and then
+# pings it (busybox ping, 20 x 0.2 s, median), RUNS times (default 3) in the same pair of boots.
+# Once per NIC model (virtio-net, e1000); same kernel and benchmark initramfs (iperf3), 1 vCPU
+# and 512 MiB each.
+# Throughput is iperf3's receiver figure (bytes received over the receiver's time), in MB/s
+# (10^6 bytes/s). For short transfers the receiver counts less than MIB MiB: iperf3 stops
+# counting when the sender reports its last byte sent, with some still in flight.
+#
+# vm2vm.sh [RUNS] [--mib MIB] [--nics virtio,e1000] [--out FILE]   (--out: the results as JSON)
+#
+# Runs where guests run: directly on hardware KVM, or (PVM here) re-runs itself inside the test
+# host; only ratios taken in the same run mean anything there (default MIB: 4 in the test host,
+# 64 on hardware). Exit status: 0 every figure taken, 1 some missing, 2 usage, 77 the namespace,
+# bridge or taps cannot be made here (no root / CAP_NET_ADMIN).
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+runs=3 mib='' out='' nics=virtio,e1000
+usage() { echo "vm2vm.sh: usage: vm2vm.sh [RUNS] [--mib MIB] [--nics virtio,e1000] [--out FILE]" >&2; exit 2; }
+while [ $# -gt 0 ]; do
+  case $1 in
+    --out) out=${2:?--out needs a file}; shift 2 ;;
+    --out=*) out=${1#*=}; shift ;;
+    --mib) mib=${2:?--mib needs a number}; shift 2 ;;
+    --mib=*) mib=${1#*=}; shift ;;
+    --nics) nics=${2:?--nics needs a list}; shift 2 ;;
+    --nics=*) nics=${1#*=}; shift ;;
+    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *[!0-9]* | '') usage ;;
+    *) runs=$1; shift ;;
+  esac
+done
+[ "$runs" -ge 1 ] || { echo "vm2vm.sh: RUNS must be at least 1" >&2; exit 2; }
+case $mib in '' | *[!0-9]*) [ -z "$mib" ] || { echo "vm2vm.sh: --mib takes a whole number" >&2; exit 2; } ;; esac
+for n in ${nics//,/ }; do
+  case $n in virtio | e1000) ;; *) echo "vm2vm.sh: --nics takes virtio and/or e1000 (got '$n')" >&2; exit 2 ;; esac
+done
+if [ -n "$out" ]; then
+  out=$(cd "$(dirname "$out")" && pwd -P)/$(basename "$out")
+fi
+
+if [ -z "${KVMRUN_BENCH_INNER:-}" ] && { [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo; }; then
+  cargo build --release --manifest-path "$here/../Cargo.toml" >&2
+  read -r bz _ < <(bash "$here/guest/build-kernel.sh" | tail -n1)
+  initrd=$(bash "$here/guest/build-bench-initramfs.sh" | tail -n1)
+  share=()
+  if [ -n "$out" ]; then share=(--share "$(dirname "$out")"); fi
+  echo "vm2vm benchmark: inside the test host (QEMU TCG, nested SVM): compare ratios, not absolutes" >&2
+  rc=0
+  bash "$here/testhost/run.sh" --timeout 3000 ${KVMRUN_BENCH_TESTHOST_CPUS:+--cpus "$KVMRUN_BENCH_TESTHOST_CPUS"} "${share[@]}" --env KVMRUN_BENCH_INNER=1 \
+    --env KVMRUN_BENCH_KERNEL="$bz" --env KVMRUN_BENCH_INITRD="$initrd" \
+    -- bash "$0" "$runs" --mib "${mib:-4}" --nics "$nics" ${out:+--out "$out"} || rc=$?
+  exit "$rc"
+fi
+mib=${mib:-64}
+[ "$mib" -ge 1 ] || { echo "vm2vm.sh: --mib must be at least 1" >&2; exit 2; }
+
+kvmrun=${KVMRUN_BIN:-$here/../target/release/kvmrun}
+bz=${KVMRUN_BENCH_KERNEL:-}
+initrd=${KVMRUN_BENCH_INITRD:-}
+if [ -z "$bz" ]; then
+  cargo build --release --manifest-path "$here/../Cargo.toml" >&2
+  read -r bz _ < <(bash "$here/guest/build-kernel.sh" | tail -n1)
+  initrd=$(bash "$here/guest/build-bench-initramfs.sh" | tail -n1)
+fi
+for c in python3 ip timeout; do
+  command -v "$c" >/dev/null || { echo "vm2vm.sh: $c missing" >&2; exit 1; }
+done
+
+if [ -n "$out" ]; then
+  work=$out.logs
+  rm -rf "$work" && mkdir -p "$work"
+else
+  work=$(mktemp -d "${TMPDIR:-/tmp}/kvmrun-vm2vm.XXXXXX")
+fi
+ns=kvmrun-vm2vm-$$
+pids=()
+cleanup() {
+  local p
+  # Each pid is a `timeout`: it passes SIGTERM on to its kvmrun and SIGKILLs it 20 s later.
+  for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
+  for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
+  ip netns del "$ns" 2>/dev/null || true
+  [ -n "$out" ] || rm -rf "$work"
+}
+trap cleanup EXIT
+# bash runs the EXIT trap on a signal only when the signal is trapped.
+trap 'exit 143' TERM INT HUP
+# Everything below lives in the namespace: a bridge, two taps on it, no address on the host
+# side (the guests talk to each other only).
+make_net() {
+  local t
+  ip netns add "$ns" && ip -n "$ns" link set lo up &&
+    ip -n "$ns" link add br0 type bridge && ip -n "$ns" link set br0 up || return 1
+  for t in tap0 tap1; do
+    ip -n "$ns" tuntap add dev "$t" mode tap vnet_hdr && ip -n "$ns" link set "$t" master br0 &&
+      ip -n "$ns" link set "$t" up || return 1
+  done
+}
+if ! make_net 2>"$work/netns.err"; then
+  echo "vm2vm.sh: cannot create the namespace, bridge and taps (needs root or CAP_NET_ADMIN, and the tun and bridge modules): $(tr '\n' ' ' <"$work/netns.err")" >&2
+  exit 77
+fi
+
+# The guests' scripts (base64 on the kernel command line, like net.sh).
+server_script=$(cat <<'SH'
+ip link set eth0 up && ip addr add 10.0.3.1/24 dev eth0 || exit 1
+echo @@SERVER-UP
+iperf3 -s
+SH
+)
+# The client waits for the server (booting at the same time), then per run: one iperf3 transfer
+# (retried while the server is not yet listening) and one ping series.
+client_script=$(cat <<SH
+ip link set eth0 up && ip addr add 10.0.3.2/24 dev eth0 || exit 1
+n=0; until ping -c 1 -W 1 10.0.3.1 >/dev/null 2>&1; do n=\$((n + 1)); [ \$n -lt 300 ] || exit 1; done
+for r in \$(seq $runs); do
+  n=0
+  until o=\$(iperf3 -c 10.0.3.1 -n ${mib}M -f k 2>&1); do
+    n=\$((n + 1)); [ \$n -lt 120 ] || { echo "\$o"; exit 1; }; sleep 1
+  done
+  echo "\$o" | awk -v r=\$r '/receiver/ { for (i = 4; i <= NF; i++) if (\$i ~ /bits\/sec\$/) print "@@TPUT", r, \$(i - 3), \$(i - 2), \$(i - 1), \$i }'
+  echo "@@RR \$r \$(ping -c 20 -i 0.2 10.0.3.1 | sed -n 's/.*time=\([0-9.]*\) ms/\1/p' | sort -n | sed -n 10p)"
+done
+t=\$(stty -g) && stty "\$t"
+SH
+)
+cmdline() { # SCRIPT
+  printf "console=ttyS0 reboot=k panic=-1 quiet -- sh -c 'eval \"\$(echo %s | base64 -d)\"'" \
+    "$(printf '%s' "$1" | base64 -w0)"
+}
+
+results=$work/results # lines: nic run metric value
+: >"$results"
+# A guest that hangs is stopped after this long (SIGTERM: kvmrun's graceful shutdown, then KILL).
+limit=${KVMRUN_BENCH_NET_LIMIT:-900}
+guest() { # NIC TAP MAC CMDLINE LOG; run with &: exec makes $! timeout's pid, not a subshell's
+  exec timeout -k 20 "$limit" ip netns exec "$ns" "$kvmrun" run --memory 512M --kernel "$bz" \
+    --initrd "$initrd" --cmdline "$4" --net "tap=$2,model=$1,mac=$3" --console stdio \
+    </dev/null >"$5" 2>&1
+}
+
+for nic in ${nics//,/ }; do
+  echo "vm2vm: $nic: two guests, $runs run(s) of $mib MiB" >&2
+  t0=$(date +%s)
+  guest "$nic" tap0 52:54:00:00:03:01 "$(cmdline "$server_script")" "$work/$nic-server.log" &
+  server=$!
+  pids=("$server")
+  guest "$nic" tap1 52:54:00:00:03:02 "$(cmdline "$client_script")" "$work/$nic-client.log" &
+  client=$!
+  pids+=("$client")
+  wait "$client" || echo "vm2vm.sh: $nic client guest ended with status $?" >&2
+  # The server's iperf3 runs until told: SIGTERM to timeout, which passes it on to kvmrun.
+  kill -TERM "$server" 2>/dev/null || true
+  wait "$server" || true
+  pids=()
+  tr -d '\r' <"$work/$nic-client.log" | awk -v n="$nic" '
+    function bytes(v, u) { return v * (u ~ /^G/ ? 1073741824 : u ~ /^M/ ? 1048576 : u ~ /^K/ ? 1024 : 1) }
+    function bps(v, u) { return v * (u ~ /^G/ ? 1e9 : u ~ /^M/ ? 1e6 : u ~ /^K/ ? 1e3 : 1) }
+    /^@@TPUT / && bytes($3, $4) > 0 { print n, $2, "tcp", bps($5, $6) / 8e6 }
+    /^@@RR [0-9]+ [0-9.]+$/ { print n, $2, "rr", $3 }' >>"$results"
+  got=$(awk -v n="$nic" '$1 == n' "$results" | wc -l)
+  echo "vm2vm: $nic: $got of $((2 * runs)) results in $(($(date +%s) - t0)) s" >&2
+  if [ "$got" -lt $((2 * runs)) ]; then
+    echo "vm2vm.sh: $nic: missing results; the client's output ends with:" >&2
+    tail -n 15 "$work/$nic-client.log" | cut -c1-200 >&2
+    echo "vm2vm.sh: $nic: the server's output ends with:" >&2
+    tail -n 8 "$work/$nic-server.log" | cut -c1-200 >&2
+  fi
+done
+
+if [ -n "${KVMRUN_BENCH_INNER:-}" ]; then
+  where="inside the test host (QEMU TCG + nested SVM): compare ratios, not absolutes"
+else
+  where="hardware KVM on $(uname -n)"
+fi
+cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
+host_kernel=$(uname -r)
+kvmrun_git=$(git -C "$here/.." describe --always --dirty 2>/dev/null || echo unknown)
+export where runs mib out cpu_model host_kernel bz initrd kvmrun_git nics
+python3 - "$results" <<'PY'
+import json, os, statistics, sys
+
+env = os.environ
+metrics = [("tcp", "guest -> guest, 1 TCP stream (iperf3)", "MB/s"),
+           ("rr", "ICMP round trip guest -> guest (median)", "ms")]
+nics = env["nics"].split(",")
+vals = {}
+for line in open(sys.argv[1]):
+    nic, run, metric, v = line.split()
+    vals.setdefault((nic, metric), []).append(float(v))
+
+def summary(xs):
+    return {"values": xs, "min": min(xs), "median": statistics.median(xs), "max": max(xs)} if xs else None
+
+report = {"benchmark": "vm2vm", "where": env["where"], "runs": int(env["runs"]), "mib": int(env["mib"]),
+          "environment": {"host_cpu": env["cpu_model"], "host_kernel": env["host_kernel"],
+                          "guest_kernel": env["bz"], "guest_initrd": env["initrd"], "guest_vcpus": 1,
+                          "guest_memory_mib": 512, "guests": 2,
+                          "backend": "two taps on a Linux bridge in a network namespace",
+                          "kvmrun_git": env["kvmrun_git"]},
+          "metrics": []}
+for key, label, unit in metrics:
+    m = {"name": key, "label": label, "unit": unit}
+    for nic in nics:
+        m[f"kvmrun_{nic}"] = summary(vals.get((nic, key), []))
+    a, b = m.get("kvmrun_virtio"), m.get("kvmrun_e1000")
+    m["virtio_over_e1000_kvmrun"] = a["median"] / b["median"] if a and b and b["median"] else None
+    report["metrics"].append(m)
+
+def cell(s):
+    if not s:
+        return "-"
+    n = len(s["values"])
+    return f"{s['min']:.2f}/{s['median']:.2f}/{s['max']:.2f}" + ("" if n == report["runs"] else f" ({n})")
+
+print()
+print(f"vm2vm benchmark: {report['runs']} runs, {report['mib']} MiB per transfer; min/median/max")
+print(f"where: {report['where']}")
+print(f"host: {report['environment']['host_cpu']}, Linux {report['environment']['host_kernel']}")
+print()
+print(f"{'metric':<42} {'unit':<5} " + " ".join(f"{'kvmrun ' + n:<20}" for n in nics) + f" {'virtio/e1000':>12}")
+for m in report["metrics"]:
+    r = m["virtio_over_e1000_kvmrun"]
+    print(f"{m['label']:<42} {m['unit']:<5} " + " ".join(f"{cell(m[f'kvmrun_{n}']):<20}" for n in nics)
+          + f" {'-' if r is None else f'{r:.2f}':>12}")
+if env.get("out"):
+    with open(env["out"], "w") as f:
+        json.dump(report, f, indent=2)
+        f.write("\n")
+    print(f"\nJSON: {env['out']}")
+missing = sum(1 for m in report["metrics"] for n in nics
+              if not m[f"kvmrun_{n}"] or len(m[f"kvmrun_{n}"]["values"]) != report["runs"])
+sys.exit(1 if missing else 0)
+PY
