@@ -259,7 +259,7 @@ pub const MAX_CMDLINE: usize = 2047;
 pub fn guest_cmdline(script: &str) -> String {
     format!(
         "console=ttyS0 reboot=k panic=-1 quiet -- sh -c 'eval \"$(echo {} | base64 -d)\"'",
-        base64(script.as_bytes())
+        crate::exec::base64(script.as_bytes())
     )
 }
 
@@ -380,28 +380,6 @@ fn start_failure(what: &str, e: String) -> RunOutput {
     }
 }
 
-/// Standard base64 (RFC 4648).
-pub fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in data.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(A[(n >> (18 - 6 * i)) as usize & 63] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -415,14 +393,6 @@ mod tests {
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[0]["mflops"], "12.5");
         assert_eq!(lines[1]["threads"], "2");
-    }
-
-    #[test]
-    fn base64_matches_rfc4648_vectors() {
-        assert_eq!(base64(b""), "");
-        assert_eq!(base64(b"f"), "Zg==");
-        assert_eq!(base64(b"fo"), "Zm8=");
-        assert_eq!(base64(b"foobar"), "Zm9vYmFy");
     }
 
     #[test]
