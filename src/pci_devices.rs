@@ -31,6 +31,22 @@ pub struct PciMachine {
     /// The virtio-blk devices' images, in --disk order.
     pub disks: Vec<Arc<DiskImage>>,
     pub intx_resamplers: Vec<IntxResample>,
+    /// One per NIC, in --net order: what it moved and dropped, for the log at exit.
+    pub nics: Vec<NicSummary>,
+}
+
+/// A NIC's traffic and fault counters, read at exit (`kvmrun` logs them at info level, so a
+/// benchmark or a bug report can tell lost frames from slow ones).
+pub struct NicSummary {
+    /// `net0 virtio-net (tap NAME)`.
+    pub label: String,
+    counters: Box<dyn Fn() -> String + Send + Sync>,
+}
+
+impl NicSummary {
+    pub fn counters(&self) -> String {
+        (self.counters)()
+    }
 }
 
 /// One virtio-pci device on the bus.
@@ -59,6 +75,7 @@ pub fn build(
     let mut placed = Vec::new();
     let mut intx_resamplers = Vec::new();
     let mut disk_images = Vec::new();
+    let mut nic_summaries = Vec::new();
     let mut next_slot = 1u8;
     let mut take_slot = || -> Result<u8, Error> {
         let slot = next_slot;
@@ -86,9 +103,29 @@ pub fn build(
         let tap = Tap::open(&net.tap).map_err(|e| Error::Net(e.to_string()))?;
         let mac = net.mac.unwrap_or_else(|| default_mac(i));
         let slot = take_slot()?;
+        let label = |model: &str| format!("net{i} {model} (tap {})", net.tap);
         match net.model {
             NicModel::Virtio => {
                 let nic = VirtioNet::new(Box::new(tap), mac);
+                let stats = nic.stats();
+                nic_summaries.push(NicSummary {
+                    label: label("virtio-net"),
+                    counters: Box::new(move || {
+                        let s = stats.snapshot();
+                        format!(
+                            "tx {} frames ({} dropped by the back-end), rx {} frames ({} \
+                             dropped, {} times out of guest buffers), {} malformed chains, \
+                             {} interrupts",
+                            s.tx_frames,
+                            s.tx_dropped,
+                            s.rx_frames,
+                            s.rx_dropped,
+                            s.rx_no_buffers,
+                            s.malformed,
+                            s.interrupts
+                        )
+                    }),
+                });
                 let (dev, resampler) =
                     add_virtio(vm, mem, &routing, &mut root, slot, Box::new(nic))?;
                 intx_resamplers.push(resampler);
@@ -104,6 +141,18 @@ pub fn build(
                     .map_err(|e| dev_err(format!("PCI slot {slot}: {e}")))?;
                 nic.start_worker()
                     .map_err(|e| dev_err(format!("e1000 worker: {e}")))?;
+                let n = nic.clone();
+                nic_summaries.push(NicSummary {
+                    label: label("e1000"),
+                    counters: Box::new(move || {
+                        let c = n.counters();
+                        format!(
+                            "tx {} dropped, rx {} dropped ({} filtered), {} ring and {} DMA \
+                             errors",
+                            c.tx_dropped, c.rx_dropped, c.rx_filtered, c.bad_ring, c.dma_errors
+                        )
+                    }),
+                });
                 let n = nic.clone();
                 intx_resamplers.push(IntxResample {
                     fd: resample,
@@ -149,6 +198,7 @@ pub fn build(
         irq_routes,
         disks: disk_images,
         intx_resamplers,
+        nics: nic_summaries,
     })
 }
 

@@ -286,6 +286,9 @@ fn run_vm(
         counters.mmio.load(std::sync::atomic::Ordering::Relaxed),
         counters.other.load(std::sync::atomic::Ordering::Relaxed)
     );
+    for nic in &machine.nics {
+        log::info!("{}: {}", nic.label, nic.counters());
+    }
     Ok(outcome(exit.reason()))
 }
 
@@ -392,6 +395,8 @@ struct Machine {
     disks: Vec<Arc<devices::virtio::block::DiskImage>>,
     irq_routes: Vec<boot::PciIrqRoute>,
     intx_resamplers: Vec<crate::pci_devices::IntxResample>,
+    /// The NICs' counters, logged when the run ends.
+    nics: Vec<crate::pci_devices::NicSummary>,
 }
 
 /// Host writers that replace the console's (COM1) and receive COM2's output (discarded
@@ -471,6 +476,7 @@ fn build_devices(
         serial,
         com2,
         disks: pci.disks,
+        nics: pci.nics,
         irq_routes: pci.irq_routes,
         intx_resamplers: pci.intx_resamplers,
     })

@@ -21,6 +21,7 @@ const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETSNDBUF: libc::c_ulong = 0x4004_54d4;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -195,6 +196,15 @@ impl Tap {
                 source,
             }
         })?;
+        // A tap's socket starts with the default send buffer (net.core.wmem_default, ~208 KiB)
+        // and frames the host stack has not taken yet are charged to it: once it is full a
+        // non-blocking write fails with EAGAIN and the frame is lost (a retransmission for the
+        // guest's TCP). Only a few 64 KiB TSO frames fit; the guest's queue is the bound that
+        // matters, so lift this one as QEMU's tap does (INT_MAX).
+        let mut sndbuf = libc::c_int::MAX;
+        if let Err(e) = ioctl_ptr(file.as_raw_fd(), TUNSETSNDBUF, &mut sndbuf) {
+            log::warn!("tap {name}: cannot raise the send buffer (TUNSETSNDBUF): {e}");
+        }
         // SAFETY: plain socket(2); the result is checked before being owned.
         let s = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
         let ctl = if s >= 0 {
