@@ -131,7 +131,9 @@ fn run_vm(
         flags: KVM_PIT_SPEAKER_DUMMY,
         ..Default::default()
     };
-    let mem = create_guest_memory(cfg.mem_size)?;
+    // Declared before every user of the memory, so dropped after them: it unmaps guest RAM.
+    let ram = create_guest_memory(cfg.mem_size)?;
+    let mem = ram.memory();
     let exit =
         Arc::new(ExitSignal::new().map_err(|e| Error::Device(format!("exit eventfd: {e}")))?);
 
