@@ -52,10 +52,7 @@ fn initrd_that_does_not_fit_is_rejected() {
     let k = payload(&dir);
     let initrd = dir.join("initrd");
     // Sparse: 100 MiB of apparent size, nothing written.
-    std::fs::File::create(&initrd)
-        .unwrap()
-        .set_len(100 << 20)
-        .unwrap();
+    common::sparse_file(&initrd, 100 << 20);
     let (code, err) = fails(&[
         "run",
         "--allow-pvm",
@@ -218,10 +215,7 @@ fn disk_image_in_use_by_another_vm_is_refused() {
     let hang = write_payload(&dir, "hang.elf", b"up\n", false, PayloadEnd::Hang);
     let k = payload(&dir);
     let img = dir.join("busy.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    common::sparse_file(&img, 1 << 20);
     let disk = format!("path={}", img.display());
     let mut first = common::kvmrun()
         .args([
@@ -253,10 +247,7 @@ fn disk_image_without_permission_is_named() {
     let dir = scratch_dir("disk-perm");
     let k = payload(&dir);
     let img = dir.join("noperm.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    common::sparse_file(&img, 1 << 20);
     std::fs::set_permissions(&img, std::os::unix::fs::PermissionsExt::from_mode(0o000)).unwrap();
     // Root would override file modes: run without CAP_DAC_OVERRIDE/CAP_DAC_READ_SEARCH so the
     // permission check applies as for any user.

@@ -290,10 +290,7 @@ fn disk_arg(path: &std::path::Path, opts: &str) -> String {
 fn guest_writes_reach_the_image_after_flush() {
     let dir = scratch_dir("blk-write");
     let img = dir.join("data.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(4 << 20)
-        .unwrap();
+    common::sparse_file(&img, 4 << 20);
     let disk = disk_arg(&img, "");
     let g = default_guest(
         &["--disk", &disk],
@@ -358,7 +355,7 @@ fn two_disks_with_two_vcpus_doing_io_on_both() {
     let dir = scratch_dir("blk-two");
     let (a, b) = (dir.join("a.img"), dir.join("b.img"));
     std::fs::write(&a, pseudo_random(2 << 20, 11)).unwrap();
-    std::fs::File::create(&b).unwrap().set_len(2 << 20).unwrap();
+    common::sparse_file(&b, 2 << 20);
     let (da, db) = (disk_arg(&a, ""), disk_arg(&b, ""));
     // vCPU 0 copies vda into vdb while vCPU 1 hashes vda, at once.
     let g = default_guest(
@@ -416,10 +413,7 @@ fn signal_when_ready(
 ) -> (std::path::PathBuf, std::process::Output, Option<Duration>) {
     let dir = scratch_dir(tag);
     let img = dir.join("data.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    common::sparse_file(&img, 1 << 20);
     let sent: Arc<Mutex<Option<Instant>>> = Arc::default();
     let s = sent.clone();
     // The pid is known once kvmrun runs; the action only runs after that.
@@ -555,10 +549,7 @@ fn host_disk_full_gives_the_guest_io_errors_and_kvmrun_keeps_running() {
         ],
     );
     let img = fs.join("data.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(64 << 20)
-        .unwrap();
+    common::sparse_file(&img, 64 << 20);
     let script =
         "dd if=/dev/zero of=/dev/vda bs=1M count=16 oflag=direct 2>/dev/null; echo write-status=$?
 dd if=/dev/vda of=/dev/null bs=1M count=2 iflag=direct 2>/dev/null && echo read-ok
@@ -590,10 +581,7 @@ exit 5";
 fn disk_made_read_only_mid_run_gives_the_guest_io_errors_and_kvmrun_keeps_running() {
     let dir = scratch_dir("blk-setro");
     let img = dir.join("data.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(8 << 20)
-        .unwrap();
+    common::sparse_file(&img, 8 << 20);
     let _ = std::process::Command::new("modprobe").arg("loop").status();
     let loopdev = host_tool("losetup", &["--find", "--show", img.to_str().unwrap()]);
     // The disk is the loop device; once the guest has written, the host makes it read-only

@@ -81,10 +81,7 @@ fn boot_poweroff_cycles_leave_no_fds_threads_memory_or_taps_behind() {
     let ns = Netns::new("soakboot");
     let dir = scratch_dir("soak-boot");
     let img = dir.join("disk.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(16 << 20)
-        .unwrap();
+    common::sparse_file(&img, 16 << 20);
     let disk = format!("path={}", img.display());
     let before = links(&ns);
     let mut seen: Vec<ProcUse> = Vec::new();
@@ -248,10 +245,7 @@ fn disk_and_network_hammering_survives_pause_and_resume_beside_another_paused_gu
     let ns = Netns::new("soakio");
     let dir = scratch_dir("soak-io");
     let img = dir.join("disk.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(32 << 20)
-        .unwrap();
+    common::sparse_file(&img, 32 << 20);
     let disk = format!("path={}", img.display());
     let (sock_a, sock_b) = (dir.join("a.sock"), dir.join("b.sock"));
     let stop = Arc::new(AtomicBool::new(false));

@@ -180,10 +180,7 @@ fn sigterm_asks_the_guest_on_com2_and_its_shutdown_sets_the_status() {
     // With a disk: the image is flushed at exit by the main thread, under its seccomp filter.
     let dir = scratch_dir("sigterm-ask-disk");
     let img = dir.join("disk.img");
-    std::fs::File::create(&img)
-        .unwrap()
-        .set_len(1 << 20)
-        .unwrap();
+    common::sparse_file(&img, 1 << 20);
     let disk = format!("path={}", img.display());
     let (out, took) = signalled(
         "sigterm-ask",

@@ -23,67 +23,21 @@
 # CAP_NET_ADMIN).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-runs=3 mib='' out='' vmms=kvmrun,qemu
-usage() { echo "net.sh: usage: net.sh [RUNS] [--mib MIB] [--vmms kvmrun,qemu] [--out FILE]" >&2; exit 2; }
-while [ $# -gt 0 ]; do
-  case $1 in
-    --out) out=${2:?--out needs a file}; shift 2 ;;
-    --out=*) out=${1#*=}; shift ;;
-    --mib) mib=${2:?--mib needs a number}; shift 2 ;;
-    --mib=*) mib=${1#*=}; shift ;;
-    --vmms) vmms=${2:?--vmms needs a list}; shift 2 ;;
-    --vmms=*) vmms=${1#*=}; shift ;;
-    -h | --help) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *[!0-9]* | '') usage ;;
-    *) runs=$1; shift ;;
-  esac
-done
-[ "$runs" -ge 1 ] || { echo "net.sh: RUNS must be at least 1" >&2; exit 2; }
-case $mib in '' | *[!0-9]*) [ -z "$mib" ] || { echo "net.sh: --mib takes a whole number" >&2; exit 2; } ;; esac
-for v in ${vmms//,/ }; do
-  case $v in kvmrun | qemu) ;; *) echo "net.sh: --vmms takes kvmrun and/or qemu (got '$v')" >&2; exit 2 ;; esac
-done
-if [ -n "$out" ]; then
-  out=$(cd "$(dirname "$out")" && pwd -P)/$(basename "$out")
-fi
-
-if [ -z "${KVMRUN_BENCH_INNER:-}" ] && { [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo; }; then
-  cargo build --release --manifest-path "$here/../Cargo.toml" >&2
-  read -r bz _ < <(bash "$here/guest/build-kernel.sh" | tail -n1)
-  initrd=$(bash "$here/guest/build-initramfs.sh" | tail -n1)
-  share=()
-  if [ -n "$out" ]; then share=(--share "$(dirname "$out")"); fi
-  echo "net benchmark: inside the test host (QEMU TCG, nested SVM): compare ratios, not absolutes" >&2
-  rc=0
-  bash "$here/testhost/run.sh" --timeout 3000 ${KVMRUN_BENCH_TESTHOST_CPUS:+--cpus "$KVMRUN_BENCH_TESTHOST_CPUS"} "${share[@]}" --env KVMRUN_BENCH_INNER=1 \
-    --env KVMRUN_BENCH_KERNEL="$bz" --env KVMRUN_BENCH_INITRD="$initrd" \
-    -- bash "$0" "$runs" --mib "${mib:-4}" --vmms "$vmms" ${out:+--out "$out"} || rc=$?
-  exit "$rc"
-fi
-mib=${mib:-64}
-[ "$mib" -ge 1 ] || { echo "net.sh: --mib must be at least 1" >&2; exit 2; }
-
-kvmrun=${KVMRUN_BIN:-$here/../target/release/kvmrun}
-bz=${KVMRUN_BENCH_KERNEL:-}
-initrd=${KVMRUN_BENCH_INITRD:-}
-if [ -z "$bz" ]; then
-  cargo build --release --manifest-path "$here/../Cargo.toml" >&2
-  read -r bz _ < <(bash "$here/guest/build-kernel.sh" | tail -n1)
-  initrd=$(bash "$here/guest/build-initramfs.sh" | tail -n1)
-fi
+prog=net.sh list_opt=vmms list_words='kvmrun qemu' list=kvmrun,qemu
+initrd_build=build-initramfs.sh help_range=2,25
+# shellcheck source-path=SCRIPTDIR source=netlib.sh
+. "$here/bench/netlib.sh"
+netlib_options "$@"
+netlib_testhost_or_continue
+vmms=$list
+netlib_artifacts
 need=(python3 ip)
 case ,$vmms, in *,qemu,*) need+=(qemu-system-x86_64) ;; esac
 for c in "${need[@]}"; do
   command -v "$c" >/dev/null || { echo "net.sh: $c missing" >&2; exit 1; }
 done
 
-# Logs (guest consoles, the server's) go next to --out when given, to be read afterwards.
-if [ -n "$out" ]; then
-  work=$out.logs
-  rm -rf "$work" && mkdir -p "$work"
-else
-  work=$(mktemp -d "${TMPDIR:-/tmp}/kvmrun-netbench.XXXXXX")
-fi
+netlib_workdir netbench
 ns=kvmrun-netbench-$$
 cleanup() {
   local k

@@ -17,64 +17,19 @@
 # bridge or taps cannot be made here (no root / CAP_NET_ADMIN).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-runs=3 mib='' out='' nics=virtio,e1000
-usage() { echo "vm2vm.sh: usage: vm2vm.sh [RUNS] [--mib MIB] [--nics virtio,e1000] [--out FILE]" >&2; exit 2; }
-while [ $# -gt 0 ]; do
-  case $1 in
-    --out) out=${2:?--out needs a file}; shift 2 ;;
-    --out=*) out=${1#*=}; shift ;;
-    --mib) mib=${2:?--mib needs a number}; shift 2 ;;
-    --mib=*) mib=${1#*=}; shift ;;
-    --nics) nics=${2:?--nics needs a list}; shift 2 ;;
-    --nics=*) nics=${1#*=}; shift ;;
-    -h | --help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-    *[!0-9]* | '') usage ;;
-    *) runs=$1; shift ;;
-  esac
-done
-[ "$runs" -ge 1 ] || { echo "vm2vm.sh: RUNS must be at least 1" >&2; exit 2; }
-case $mib in '' | *[!0-9]*) [ -z "$mib" ] || { echo "vm2vm.sh: --mib takes a whole number" >&2; exit 2; } ;; esac
-for n in ${nics//,/ }; do
-  case $n in virtio | e1000) ;; *) echo "vm2vm.sh: --nics takes virtio and/or e1000 (got '$n')" >&2; exit 2 ;; esac
-done
-if [ -n "$out" ]; then
-  out=$(cd "$(dirname "$out")" && pwd -P)/$(basename "$out")
-fi
-
-if [ -z "${KVMRUN_BENCH_INNER:-}" ] && { [ -e /sys/module/kvm_pvm ] || ! grep -qwE 'vmx|svm' /proc/cpuinfo; }; then
-  cargo build --release --manifest-path "$here/../Cargo.toml" >&2
-  read -r bz _ < <(bash "$here/guest/build-kernel.sh" | tail -n1)
-  initrd=$(bash "$here/guest/build-bench-initramfs.sh" | tail -n1)
-  share=()
-  if [ -n "$out" ]; then share=(--share "$(dirname "$out")"); fi
-  echo "vm2vm benchmark: inside the test host (QEMU TCG, nested SVM): compare ratios, not absolutes" >&2
-  rc=0
-  bash "$here/testhost/run.sh" --timeout 3000 ${KVMRUN_BENCH_TESTHOST_CPUS:+--cpus "$KVMRUN_BENCH_TESTHOST_CPUS"} "${share[@]}" --env KVMRUN_BENCH_INNER=1 \
-    --env KVMRUN_BENCH_KERNEL="$bz" --env KVMRUN_BENCH_INITRD="$initrd" \
-    -- bash "$0" "$runs" --mib "${mib:-4}" --nics "$nics" ${out:+--out "$out"} || rc=$?
-  exit "$rc"
-fi
-mib=${mib:-64}
-[ "$mib" -ge 1 ] || { echo "vm2vm.sh: --mib must be at least 1" >&2; exit 2; }
-
-kvmrun=${KVMRUN_BIN:-$here/../target/release/kvmrun}
-bz=${KVMRUN_BENCH_KERNEL:-}
-initrd=${KVMRUN_BENCH_INITRD:-}
-if [ -z "$bz" ]; then
-  cargo build --release --manifest-path "$here/../Cargo.toml" >&2
-  read -r bz _ < <(bash "$here/guest/build-kernel.sh" | tail -n1)
-  initrd=$(bash "$here/guest/build-bench-initramfs.sh" | tail -n1)
-fi
+prog=vm2vm.sh list_opt=nics list_words='virtio e1000' list=virtio,e1000
+initrd_build=build-bench-initramfs.sh help_range=2,17
+# shellcheck source-path=SCRIPTDIR source=netlib.sh
+. "$here/bench/netlib.sh"
+netlib_options "$@"
+netlib_testhost_or_continue
+nics=$list
+netlib_artifacts
 for c in python3 ip timeout; do
   command -v "$c" >/dev/null || { echo "vm2vm.sh: $c missing" >&2; exit 1; }
 done
 
-if [ -n "$out" ]; then
-  work=$out.logs
-  rm -rf "$work" && mkdir -p "$work"
-else
-  work=$(mktemp -d "${TMPDIR:-/tmp}/kvmrun-vm2vm.XXXXXX")
-fi
+netlib_workdir vm2vm
 ns=kvmrun-vm2vm-$$
 pids=()
 cleanup() {

@@ -195,6 +195,13 @@ pub fn scratch_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// Creates (or truncates) `path` as a sparse file of `len` bytes: a disk image, a big initrd.
+pub fn sparse_file(path: &Path, len: u64) {
+    std::fs::File::create(path)
+        .and_then(|f| f.set_len(len))
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
 /// What a payload does after printing its message.
 #[derive(Debug, Clone, Copy)]
 pub enum PayloadEnd {
