@@ -31,7 +31,8 @@ use crate::virtio::GuestMemoryMmap;
 pub struct TxRun {
     /// Chains taken from the available ring.
     pub processed: usize,
-    /// The driver wants a used-buffer notification (§2.7.10).
+    /// The driver wanted a used-buffer notification during the run (§2.7.10); the `_notify`
+    /// variant has called its `notify` each time.
     pub needs_interrupt: bool,
     /// The budget ran out with chains possibly left in the available ring.
     pub more: bool,
@@ -44,7 +45,7 @@ pub struct RxRun {
     pub delivered: usize,
     /// Entries added to the used ring (delivered buffers and returned malformed chains).
     pub used: usize,
-    /// The driver wants a used-buffer notification.
+    /// As [`TxRun::needs_interrupt`].
     pub needs_interrupt: bool,
     /// A frame waits but the guest has no (or not enough) buffers: stop watching the back-end
     /// until the guest adds buffers (RX queue notification; notifications are enabled).
@@ -101,7 +102,6 @@ pub struct NetProcessor {
     pending: Option<usize>,
     rx_held: Vec<RxBuf>,
     rx_descs: Vec<(GuestAddress, u32)>,
-    tx_heads: Vec<u16>,
     backend_log: LogOnce,
     malformed_log: LogOnce,
 }
@@ -121,7 +121,6 @@ impl NetProcessor {
             pending: None,
             rx_held: Vec::new(),
             rx_descs: Vec::new(),
-            tx_heads: Vec::new(),
             backend_log: LogOnce::new("virtio-net back-end errors"),
             malformed_log: LogOnce::new("virtio-net malformed chains"),
         }
@@ -133,6 +132,11 @@ impl NetProcessor {
 
     pub fn stats(&self) -> &NetStats {
         &self.stats
+    }
+
+    /// The counters, to update beside the processor (interrupts).
+    pub fn shared_stats(&self) -> Arc<NetStats> {
+        self.stats.clone()
     }
 
     pub fn backend(&self) -> &dyn NetBackend {
@@ -156,7 +160,8 @@ impl NetProcessor {
     // -----------------------------------------------------------------------------------------
     // TX
 
-    /// Sends up to `budget` TX chains from `queue` and completes them (used length 0).
+    /// Sends up to `budget` TX chains from `queue` and completes them (used length 0);
+    /// [`TxRun::needs_interrupt`] says whether the driver wanted an interrupt on the way.
     ///
     /// Errors mean the queue itself is broken (available index too far ahead, rings outside
     /// guest memory): the caller should stop serving it until the device is reset.
@@ -166,34 +171,46 @@ impl NetProcessor {
         mem: &GuestMemoryMmap,
         budget: usize,
     ) -> Result<TxRun, virtio_queue::Error> {
+        self.process_tx_notify(queue, mem, budget, &mut || {})
+    }
+
+    /// [`NetProcessor::process_tx`], calling `notify` whenever the driver wants a used-buffer
+    /// interrupt. Each chain is completed as soon as its frame is sent, not after the batch: a
+    /// guest whose TCP stack waits for its sent buffers to come back (Linux's TCP small queues
+    /// with the TX interrupt of `napi_tx`) may have only a frame or two in flight, and holding
+    /// their completions for a whole batch of back-end writes stalls it. EVENT_IDX (§2.7.10)
+    /// keeps the interrupt rate the driver's choice.
+    pub fn process_tx_notify(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        budget: usize,
+        notify: &mut dyn FnMut(),
+    ) -> Result<TxRun, virtio_queue::Error> {
         let mut run = TxRun::default();
         loop {
             queue.disable_notification(mem)?;
-            let left = budget - run.processed;
-            let mut heads = std::mem::take(&mut self.tx_heads);
-            {
-                let iter = queue.iter(mem)?;
-                for chain in iter.take(left) {
-                    heads.push(chain.head_index());
-                    self.send_chain(chain, mem);
-                }
-            }
-            run.processed += heads.len();
-            let size = queue.size();
-            let mut result = Ok(());
-            for &head in &heads {
-                if head < size {
-                    if let Err(e) = queue.add_used(mem, head, 0) {
-                        result = Err(e);
-                        break;
-                    }
-                }
+            while run.processed < budget {
+                let chain = {
+                    let mut iter = queue.iter(mem)?;
+                    iter.next()
+                };
+                let Some(chain) = chain else {
+                    break;
+                };
+                let head = chain.head_index();
+                self.send_chain(chain, mem);
+                run.processed += 1;
                 // A head out of range names no descriptor: nothing to give back (counted as
                 // malformed by `send_chain`).
+                if head < queue.size() {
+                    queue.add_used(mem, head, 0)?;
+                    if queue.needs_notification(mem)? {
+                        run.needs_interrupt = true;
+                        notify();
+                    }
+                }
             }
-            heads.clear();
-            self.tx_heads = heads;
-            result?;
             if run.processed >= budget {
                 run.more = true;
                 break;
@@ -202,7 +219,6 @@ impl NetProcessor {
                 break;
             }
         }
-        run.needs_interrupt = run.processed > 0 && queue.needs_notification(mem)?;
         Ok(run)
     }
 
@@ -345,7 +361,8 @@ impl NetProcessor {
     // -----------------------------------------------------------------------------------------
     // RX
 
-    /// Reads up to `budget` frames from the back-end into the guest's RX buffers.
+    /// Reads up to `budget` frames from the back-end into the guest's RX buffers;
+    /// [`RxRun::needs_interrupt`] says whether the driver wanted an interrupt on the way.
     ///
     /// Errors mean the queue itself is broken, as for [`NetProcessor::process_tx`].
     pub fn process_rx(
@@ -353,6 +370,19 @@ impl NetProcessor {
         queue: &mut Queue,
         mem: &GuestMemoryMmap,
         budget: usize,
+    ) -> Result<RxRun, virtio_queue::Error> {
+        self.process_rx_notify(queue, mem, budget, &mut || {})
+    }
+
+    /// [`NetProcessor::process_rx`], calling `notify` whenever the driver wants a used-buffer
+    /// interrupt: after each frame, so the guest starts on the first frames of a burst while
+    /// the device copies the rest (EVENT_IDX, §2.7.10, keeps the rate the driver's choice).
+    pub fn process_rx_notify(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        budget: usize,
+        notify: &mut dyn FnMut(),
     ) -> Result<RxRun, virtio_queue::Error> {
         let mut run = RxRun::default();
         queue.disable_notification(mem)?;
@@ -385,7 +415,13 @@ impl NetProcessor {
                     }
                 },
             };
-            if !self.deliver(queue, mem, len, &mut run)? {
+            let used_before = run.used;
+            let delivered = self.deliver(queue, mem, len, &mut run)?;
+            if run.used > used_before && queue.needs_notification(mem)? {
+                run.needs_interrupt = true;
+                notify();
+            }
+            if !delivered {
                 // Not enough buffers. Ask for a notification when the driver adds some, and
                 // look again in case it did just now (§2.7.10 / EVENT_IDX `avail_event`).
                 if queue.enable_notification(mem)? {
@@ -397,7 +433,6 @@ impl NetProcessor {
                 break;
             }
         }
-        run.needs_interrupt = run.used > 0 && queue.needs_notification(mem)?;
         Ok(run)
     }
 

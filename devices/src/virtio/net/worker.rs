@@ -32,6 +32,25 @@ pub const RX_FRAMES_PER_WAKEUP: usize = 256;
 /// How often the link status is checked.
 pub const LINK_POLL_INTERVAL: Duration = Duration::from_secs(1);
 
+/// Raises interrupt `t`, counting it; a failure is logged once.
+fn signal(
+    interrupt: &dyn VirtioInterrupt,
+    stats: &NetStats,
+    warned: &mut bool,
+    t: VirtioInterruptType,
+) {
+    match t {
+        VirtioInterruptType::Config => NetStats::inc(&stats.config_interrupts),
+        VirtioInterruptType::Queue(_) => NetStats::inc(&stats.interrupts),
+    }
+    if let Err(e) = interrupt.trigger(t) {
+        if !*warned {
+            *warned = true;
+            log::warn!("virtio-net: cannot signal an interrupt: {e}");
+        }
+    }
+}
+
 struct NetWorker {
     processor: NetProcessor,
     mem: GuestMemoryAtomic,
@@ -54,17 +73,12 @@ struct NetWorker {
 
 impl NetWorker {
     fn signal(&mut self, t: VirtioInterruptType) {
-        let stats = self.processor.stats();
-        match t {
-            VirtioInterruptType::Config => NetStats::inc(&stats.config_interrupts),
-            VirtioInterruptType::Queue(_) => NetStats::inc(&stats.interrupts),
-        }
-        if let Err(e) = self.interrupt.trigger(t) {
-            if !self.warned_interrupt {
-                self.warned_interrupt = true;
-                log::warn!("virtio-net: cannot signal an interrupt: {e}");
-            }
-        }
+        signal(
+            &*self.interrupt,
+            self.processor.stats(),
+            &mut self.warned_interrupt,
+            t,
+        );
     }
 
     fn watch_backend(&mut self, ops: &mut EventOps, watch: bool) {
@@ -85,16 +99,25 @@ impl NetWorker {
             return;
         }
         let mem = self.mem.memory();
-        match self
-            .processor
-            .process_tx(&mut self.tx, &mem, TX_CHAINS_PER_WAKEUP)
-        {
+        let stats = self.processor.shared_stats();
+        let (interrupt, warned) = (&*self.interrupt, &mut self.warned_interrupt);
+        let mut notify = || {
+            signal(
+                interrupt,
+                &stats,
+                warned,
+                VirtioInterruptType::Queue(TX_QUEUE),
+            )
+        };
+        match self.processor.process_tx_notify(
+            &mut self.tx,
+            &mem,
+            TX_CHAINS_PER_WAKEUP,
+            &mut notify,
+        ) {
             Ok(run) => {
                 if run.more {
                     let _ = self.tx_notify.write(1);
-                }
-                if run.needs_interrupt {
-                    self.signal(VirtioInterruptType::Queue(TX_QUEUE));
                 }
             }
             Err(e) => {
@@ -109,14 +132,23 @@ impl NetWorker {
             return;
         }
         let mem = self.mem.memory();
-        match self
-            .processor
-            .process_rx(&mut self.rx, &mem, RX_FRAMES_PER_WAKEUP)
-        {
+        let stats = self.processor.shared_stats();
+        let (interrupt, warned) = (&*self.interrupt, &mut self.warned_interrupt);
+        let mut notify = || {
+            signal(
+                interrupt,
+                &stats,
+                warned,
+                VirtioInterruptType::Queue(RX_QUEUE),
+            )
+        };
+        match self.processor.process_rx_notify(
+            &mut self.rx,
+            &mem,
+            RX_FRAMES_PER_WAKEUP,
+            &mut notify,
+        ) {
             Ok(run) => {
-                if run.needs_interrupt {
-                    self.signal(VirtioInterruptType::Queue(RX_QUEUE));
-                }
                 // Level-triggered: while watched, frames left behind by the budget wake the
                 // loop again. Stop watching when out of buffers (until an RX notification) or
                 // on a back-end error (until the next link poll).
