@@ -88,8 +88,12 @@ pub struct MockBackend {
     pub sent: Arc<Mutex<Vec<Vec<u8>>>>,
     /// What `link_up` answers (a tap deleted or set down on the host: false).
     pub link: Arc<std::sync::atomic::AtomicBool>,
+    /// Called at each `recv` (tests look at the device from there).
+    pub on_recv: Arc<Mutex<Option<RecvHook>>>,
     fd: Arc<EventFd>,
 }
+
+pub type RecvHook = Box<dyn FnMut() + Send>;
 
 impl MockBackend {
     pub fn new() -> Self {
@@ -97,6 +101,7 @@ impl MockBackend {
             rx: Arc::default(),
             sent: Arc::default(),
             link: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            on_recv: Arc::default(),
             fd: Arc::new(EventFd::new(EFD_NONBLOCK).expect("eventfd")),
         }
     }
@@ -125,6 +130,9 @@ impl NetBackend for MockBackend {
     }
 
     fn recv(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(hook) = crate::lock(&self.on_recv).as_mut() {
+            hook();
+        }
         match crate::lock(&self.rx).pop_front() {
             Some(f) => {
                 let n = f.len().min(buf.len());

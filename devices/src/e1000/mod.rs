@@ -654,21 +654,29 @@ impl Shared {
             pending,
         } = &mut *io;
         let mem = self.mem.memory();
-        let mut st = lock(&self.state);
-        st.fire_timers(now);
-        let mut more = st.process_tx(&mem, backend.as_mut(), now, TX_BUDGET);
+        let mut more = {
+            let mut st = lock(&self.state);
+            st.fire_timers(now);
+            let more = st.process_tx(&mem, backend.as_mut(), now, TX_BUDGET);
+            self.finish(&mut st);
+            more
+        };
+        // The register lock is taken once per frame, not for the batch: the guest's register
+        // accesses (its interrupt handler reading ICR, RDT writes handing buffers back) wait
+        // for one frame at most, and an interrupt a frame causes is raised at once, so the
+        // driver starts on the first frames of a burst while the rest are copied.
         for i in 0..RX_BUDGET {
             let len = match *pending {
                 Some(len) => len,
                 None => {
-                    if !st.rx_ready() {
+                    if !lock(&self.state).rx_ready() {
                         break;
                     }
                     match backend.recv(rx_buf) {
                         Ok(len) => len.min(rx_buf.len()),
                         Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                         Err(e) => {
-                            if st.warn.first(0x6_0000) {
+                            if lock(&self.state).warn.first(0x6_0000) {
                                 log::warn!("e1000: back-end receive failed: {e}");
                             }
                             break;
@@ -676,7 +684,10 @@ impl Shared {
                     }
                 }
             };
-            if st.receive(&mem, &rx_buf[..len], now) == RxOutcome::NoRoom {
+            let mut st = lock(&self.state);
+            let outcome = st.receive(&mem, &rx_buf[..len], now);
+            self.finish(&mut st);
+            if outcome == RxOutcome::NoRoom {
                 *pending = Some(len);
                 break;
             }
@@ -685,7 +696,7 @@ impl Shared {
                 more = true;
             }
         }
-        self.finish(&mut st);
+        let st = lock(&self.state);
         PassResult {
             more,
             deadline: st.next_deadline(),

@@ -866,6 +866,32 @@ fn rx_unicast_delivery_and_writeback() {
 }
 
 #[test]
+fn rx_raises_a_frames_interrupt_before_taking_the_next() {
+    let t = T::new();
+    t.rx_setup(8, RCTL_SECRC);
+    t.w(IMS, ICR_RXT0);
+    for i in 0..3 {
+        t.be.push([0; 12], &tcp_frame(MAC, &[i; 100]));
+    }
+    // What the guest would have seen on its interrupt line each time the device went back to
+    // the back-end for a frame.
+    let intx = t.intx.try_clone().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let s = seen.clone();
+    *t.be.on_recv.lock().unwrap() = Some(Box::new(move || {
+        s.lock().unwrap().push(intx.read().unwrap_or(0))
+    }));
+    t.dev.process();
+    assert_eq!(t.r(RDH), 3);
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(
+        seen[..2],
+        [0, 1],
+        "frame 1's interrupt came before frame 2 was read"
+    );
+}
+
+#[test]
 fn rx_fcs_padding_and_ixsm() {
     let t = T::new();
     t.rx_setup(8, 0);
