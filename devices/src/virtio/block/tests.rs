@@ -25,6 +25,8 @@ use crate::virtio::{
     GuestMemoryMmap, QueueActivation, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
 };
 
+mod in_flight;
+
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
