@@ -236,8 +236,9 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(u64::from(BATCH)));
 
     // (name, kind, O_DIRECT, I/O threads)
-    let cases: [(&str, Kind, bool, bool); 7] = [
+    let cases: [(&str, Kind, bool, bool); 8] = [
         ("read_4k", Kind::Read(4096), false, false),
+        ("read_4k_threads", Kind::Read(4096), false, true),
         ("read_4k_direct", Kind::Read(4096), true, false),
         ("read_4k_direct_threads", Kind::Read(4096), true, true),
         ("write_64k", Kind::Write(64 << 10), false, false),
