@@ -75,7 +75,7 @@ pub const MAX_WRITE_ZEROES_SEG: u32 = 16;
 pub const DISCARD_SECTOR_ALIGNMENT: u32 = 8;
 /// I/O threads per disk unless `--disk ...,iothreads=N` says otherwise. A thread blocked in
 /// `preadv` is one request in flight on the host, so this is the guest queue depth that still
-/// turns into parallel host I/O; 16 covers the depths benchmarks and databases commonly use.
+/// turns into parallel host I/O: 16, the depth of the QD16 disk benchmark (fio iodepth=16).
 /// On the development host's virtual disk, 4 KiB O_DIRECT random reads (fio, psync) scaled
 /// from 43k IOPS with 4 threads to 53k with 8 and 71k with 16. An idle thread only costs its
 /// stack (plus a 1 MiB bounce buffer once it has bounced an unaligned O_DIRECT transfer).

@@ -293,6 +293,16 @@ fn open_errors_name_the_path_and_the_fix() {
         matches!(e, BlockError::SerialTooLong { len: 21, .. }),
         "{e}"
     );
+
+    for threads in [0, MAX_IO_THREADS + 1] {
+        let e = VirtioBlk::new(DiskConfig {
+            io_threads: threads,
+            ..env.cfg()
+        })
+        .unwrap_err();
+        assert!(matches!(e, BlockError::IoThreads { .. }), "{e}");
+        assert!(e.to_string().contains("iothreads=1 to 64"), "{e}");
+    }
 }
 
 #[test]
