@@ -66,11 +66,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "STR", allow_hyphen_values = true)]
     pub append: Option<String>,
 
-    /// A virtio-blk disk: path=FILE[,readonly=on][,direct=on][,serial=ID] (raw image). Repeatable;
-    /// the first is /dev/vda in the guest.
+    /// A virtio-blk disk: path=FILE[,readonly=on][,direct=on][,serial=ID][,iothreads=N] (raw
+    /// image). Repeatable; the first is /dev/vda in the guest.
     #[arg(
         long = "disk",
-        value_name = "path=FILE[,readonly=on][,direct=on][,serial=ID]"
+        value_name = "path=FILE[,readonly=on][,direct=on][,serial=ID][,iothreads=N]"
     )]
     pub disks: Vec<DiskSpec>,
 
@@ -163,6 +163,8 @@ pub struct DiskSpec {
     pub readonly: bool,
     pub direct: bool,
     pub serial: Option<String>,
+    /// Host threads doing the disk's I/O (requests in flight at once).
+    pub io_threads: usize,
 }
 
 impl FromStr for DiskSpec {
@@ -179,11 +181,13 @@ impl FromStr for DiskSpec {
             readonly: false,
             direct: false,
             serial: None,
+            io_threads: devices::virtio::block::DEFAULT_IO_THREADS,
         };
+        let max_threads = devices::virtio::block::MAX_IO_THREADS;
         for part in s.split(',') {
             let (key, value) = part
                 .split_once('=')
-                .ok_or_else(|| format!("--disk '{part}': expected key=value (path=FILE,readonly=on,direct=on,serial=ID)"))?;
+                .ok_or_else(|| format!("--disk '{part}': expected key=value (path=FILE,readonly=on,direct=on,serial=ID,iothreads=N)"))?;
             match key {
                 "path" if !value.is_empty() => spec.path = PathBuf::from(value),
                 "readonly" => spec.readonly = flag(key, value)?,
@@ -191,9 +195,18 @@ impl FromStr for DiskSpec {
                 // GET_ID answers with at most 20 bytes (virtio 1.2 §5.2.6).
                 "serial" if value.len() <= 20 => spec.serial = Some(value.to_string()),
                 "serial" => return Err(format!("--disk serial={value}: at most 20 bytes")),
+                "iothreads" => {
+                    spec.io_threads = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=max_threads).contains(n))
+                        .ok_or_else(|| {
+                            format!("--disk iothreads={value}: give a number from 1 to {max_threads}")
+                        })?
+                }
                 _ => {
                     return Err(format!(
-                    "--disk: unknown or empty key '{key}' (keys: path, readonly, direct, serial)"
+                    "--disk: unknown or empty key '{key}' (keys: path, readonly, direct, serial, iothreads)"
                 ))
                 }
             }
@@ -362,6 +375,9 @@ mod tests {
         assert_eq!(d.serial.as_deref(), Some("abc"));
         let d: DiskSpec = "path=/x".parse().unwrap();
         assert!(!d.readonly && !d.direct && d.serial.is_none());
+        assert_eq!(d.io_threads, devices::virtio::block::DEFAULT_IO_THREADS);
+        let d: DiskSpec = "path=/x,iothreads=1".parse().unwrap();
+        assert_eq!(d.io_threads, 1);
         for bad in [
             "",
             "/img",
@@ -370,6 +386,9 @@ mod tests {
             "path=/x,readonly=maybe",
             "path=/x,cache=none",
             "path=/x,serial=123456789012345678901",
+            "path=/x,iothreads=0",
+            "path=/x,iothreads=65",
+            "path=/x,iothreads=four",
         ] {
             assert!(bad.parse::<DiskSpec>().is_err(), "{bad} parsed");
         }

@@ -87,6 +87,7 @@ fn run(args: ExecArgs, start: Instant) -> Result<i32, Error> {
                     readonly: spec.readonly,
                     direct: false,
                     serial: None,
+                    io_threads: devices::virtio::block::DEFAULT_IO_THREADS,
                 });
                 let at = spec.mount.clone().unwrap_or(format!("/mnt/vd{letter}"));
                 let mode = if spec.readonly { "ro" } else { "rw" };
@@ -113,6 +114,8 @@ fn run(args: ExecArgs, start: Instant) -> Result<i32, Error> {
             readonly: true,
             direct: false,
             serial: None,
+            // Read once, front to back.
+            io_threads: 1,
         });
         _command_disk = Some(file);
         format!("kvmrun.exec=@vd{letter}:{}", encoded.len())

@@ -29,7 +29,7 @@ pub struct ExecArgs {
     #[arg(long, value_name = "STR", allow_hyphen_values = true)]
     pub append: Option<String>,
 
-    /// A disk: path=FILE[,readonly=on][,direct=on][,serial=ID], or
+    /// A disk: path=FILE[,readonly=on][,direct=on][,serial=ID][,iothreads=N], or
     /// dir=HOSTDIR[,readonly=on][,mount=GUESTPATH][,size=SIZE]: an ext4 image made from HOSTDIR
     /// for this run, mounted at GUESTPATH (default /mnt/vdX); unless read-only, what the guest
     /// wrote there is copied back into HOSTDIR. Repeatable; the first is /dev/vda.

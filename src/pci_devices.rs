@@ -91,6 +91,7 @@ pub fn build(
             readonly: disk.readonly,
             direct: disk.direct,
             serial: disk.serial.clone(),
+            io_threads: disk.io_threads,
         })
         .map_err(|e| Error::Disk(e.to_string()))?;
         disk_images.push(blk.disk_image());

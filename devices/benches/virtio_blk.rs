@@ -3,7 +3,9 @@
 //!
 //! Each iteration makes a batch of chains available (the descriptors are written once; only the
 //! available ring changes), serves them with `RequestProcessor::process_queue` and checks that
-//! they all came back in the used ring. The image is a temporary raw file on a real file system
+//! they all came back in the used ring. The I/O runs inline (one request at a time), except in
+//! the `_threads` variants, which use the device's I/O threads as the worker does (waiting for
+//! their completions between calls). The image is a temporary raw file on a real file system
 //! (/var/tmp, so `direct` variants can open it with O_DIRECT). Throughput is reported in
 //! requests (criterion "elements") per second.
 //!
@@ -11,9 +13,11 @@
 
 use std::fs;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use devices::virtio::block::{DiskConfig, RequestProcessor, VirtioBlk};
+use devices::virtio::block::{DiskConfig, RequestProcessor, VirtioBlk, DEFAULT_IO_THREADS};
 use devices::virtio::{GuestMemoryMmap, VirtioDevice};
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_S_OK, VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
@@ -74,6 +78,7 @@ impl Image {
             readonly: false,
             direct,
             serial: None,
+            io_threads: DEFAULT_IO_THREADS,
         });
         match dev {
             Ok(mut dev) => {
@@ -99,7 +104,7 @@ enum Kind {
 
 /// The driver side: a 256-entry split queue with `BATCH` fixed chains written once.
 struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
+    mem: &'a Arc<GuestMemoryMmap>,
     avail: AvailRing<'a, GuestMemoryMmap>,
     used: UsedRing<'a, GuestMemoryMmap>,
     queue: Queue,
@@ -108,10 +113,11 @@ struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap, dev: &VirtioBlk, kind: Kind) -> Self {
-        let desc = DescriptorTable::new(mem, GuestAddress(DESC), QSIZE);
-        let avail = AvailRing::new(mem, GuestAddress(AVAIL), QSIZE);
-        let used = UsedRing::new(mem, GuestAddress(USED), QSIZE);
+    fn new(mem: &'a Arc<GuestMemoryMmap>, dev: &VirtioBlk, kind: Kind, threaded: bool) -> Self {
+        let m: &'a GuestMemoryMmap = mem;
+        let desc = DescriptorTable::new(m, GuestAddress(DESC), QSIZE);
+        let avail = AvailRing::new(m, GuestAddress(AVAIL), QSIZE);
+        let used = UsedRing::new(m, GuestAddress(USED), QSIZE);
         let mut queue = Queue::new(QSIZE).unwrap();
         queue.set_size(QSIZE);
         queue
@@ -124,7 +130,7 @@ impl<'a> Driver<'a> {
         queue.set_ready(true);
         // As the worker does: EVENT_IDX when the driver acked it.
         queue.set_event_idx(dev.acked_features() & (1 << VIRTIO_RING_F_EVENT_IDX) != 0);
-        assert!(queue.is_valid(mem));
+        assert!(queue.is_valid(m));
 
         let store = |i: u16, addr: u64, len: u32, flags: u16| {
             desc.store(
@@ -174,7 +180,12 @@ impl<'a> Driver<'a> {
             used,
             queue,
             heads,
-            processor: dev.request_processor(),
+            processor: if threaded {
+                dev.threaded_request_processor(DEFAULT_IO_THREADS, QSIZE)
+                    .expect("starting the I/O threads")
+            } else {
+                dev.request_processor()
+            },
         }
     }
 
@@ -192,11 +203,18 @@ impl<'a> Driver<'a> {
         self.mem
             .write_obj(new_idx.wrapping_sub(1), GuestAddress(USED_EVENT))
             .unwrap();
-        let run = self
+        let mut run = self
             .processor
             .process_queue(&mut self.queue, self.mem, usize::from(BATCH))
             .unwrap();
         assert_eq!(run.processed, usize::from(BATCH));
+        while run.in_flight > 0 {
+            assert!(self.processor.wait_for_completions(Duration::from_secs(10)));
+            run = self
+                .processor
+                .process_queue(&mut self.queue, self.mem, usize::from(BATCH))
+                .unwrap();
+        }
         assert_eq!(self.used.idx().load(), new_idx);
     }
 
@@ -213,22 +231,31 @@ impl<'a> Driver<'a> {
 
 fn bench(c: &mut Criterion) {
     let image = Image::new();
-    let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_LEN)]).unwrap();
+    let mem = Arc::new(GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_LEN)]).unwrap());
     let mut g = c.benchmark_group("virtio_blk");
     g.throughput(Throughput::Elements(u64::from(BATCH)));
 
-    let cases: [(&str, Kind, bool); 5] = [
-        ("read_4k", Kind::Read(4096), false),
-        ("read_4k_direct", Kind::Read(4096), true),
-        ("write_64k", Kind::Write(64 << 10), false),
-        ("write_64k_direct", Kind::Write(64 << 10), true),
-        ("flush", Kind::Flush, false),
+    // (name, kind, O_DIRECT, I/O threads)
+    let cases: [(&str, Kind, bool, bool); 8] = [
+        ("read_4k", Kind::Read(4096), false, false),
+        ("read_4k_threads", Kind::Read(4096), false, true),
+        ("read_4k_direct", Kind::Read(4096), true, false),
+        ("read_4k_direct_threads", Kind::Read(4096), true, true),
+        ("write_64k", Kind::Write(64 << 10), false, false),
+        ("write_64k_direct", Kind::Write(64 << 10), true, false),
+        (
+            "write_64k_direct_threads",
+            Kind::Write(64 << 10),
+            true,
+            true,
+        ),
+        ("flush", Kind::Flush, false, false),
     ];
-    for (name, kind, direct) in cases {
+    for (name, kind, direct, threaded) in cases {
         let Some(dev) = image.device(direct) else {
             continue;
         };
-        let mut d = Driver::new(&mem, &dev, kind);
+        let mut d = Driver::new(&mem, &dev, kind, threaded);
         d.round();
         d.check_statuses();
         g.bench_function(name, |b| b.iter(|| d.round()));

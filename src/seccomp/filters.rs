@@ -5,9 +5,11 @@
 //! makes them (e.g. `libc::fallocate` for discard, `ppoll` in the e1000 worker).
 //!
 //! Filters stack: a thread keeps the filter of the thread that created it and adds its own, and
-//! a call must pass both. Device workers are started from a vCPU thread (the guest's DRIVER_OK
-//! write activates the device), so the vCPU list has to include what workers need; each worker
-//! then adds the narrower worker filter, which is what confines it.
+//! a call must pass both. Device workers (and virtio-blk's I/O threads) are started from a vCPU
+//! thread (the guest's DRIVER_OK write activates the device), so the vCPU list has to include
+//! what workers need; each worker then adds the narrower worker filter, which is what confines
+//! it. Workers cannot start threads: a device that needs more threads starts them when it is
+//! activated, as virtio-blk does.
 //!
 //! A new code path on a filtered thread (an API socket, a new device back-end) needs its calls
 //! added here; a miss ends kvmrun with the one-line report naming thread and call, which the
@@ -160,7 +162,8 @@ fn thread_creation(rules: &mut Rules) {
 }
 
 /// What a device worker does with its back-end: disk image I/O (O_DIRECT or not, flush,
-/// discard/write-zeroes through fallocate), tap I/O, eventfds, its event loop.
+/// discard/write-zeroes through fallocate; on virtio-blk's I/O threads, which also write the
+/// completion eventfd and wait on a futex), tap I/O, eventfds, its event loop.
 fn worker_io(rules: &mut Rules) {
     allow(
         rules,

@@ -19,6 +19,8 @@
 //! `kvmrun run --seccomp=off` runs without filters (for debugging, e.g. under strace with
 //! a new code path).
 
+#[cfg(test)]
+mod blk_test;
 mod filters;
 mod syscall_names;
 

@@ -1,4 +1,5 @@
-//! One virtio-blk request: parsing a descriptor chain and executing it (virtio 1.2 §5.2.6).
+//! One virtio-blk request: parsing and checking a descriptor chain, and completing it (virtio
+//! 1.2 §5.2.6). The file I/O itself is a [`Job`], run by an I/O thread (see `pool`).
 //!
 //! A request is `struct virtio_blk_req { le32 type; le32 reserved; le64 sector; u8 data[];
 //! u8 status; }`: the 16-byte header and (for writes, discard and write-zeroes) the data are
@@ -10,16 +11,18 @@
 //! The chain is walked with virtio-queue's [`DescriptorChain`] iterator, which bounds it (loops,
 //! indices past the table, nested indirect tables and a total length above 4 GiB all end the
 //! chain). Its `Reader`/`Writer` only copy through host buffers, so this module turns the
-//! descriptors into guest-memory [`VolatileSlice`]s itself and hands those to `preadv`/`pwritev`.
+//! descriptors into checked guest-memory ranges ([`GuestBuf`]s) itself; the job hands them to
+//! `preadv`/`pwritev` as [`VolatileSlice`]s.
 //!
 //! Everything here is guest-controlled. Each malformed request is completed with
 //! VIRTIO_BLK_S_IOERR or VIRTIO_BLK_S_UNSUPP when a status byte can be written, and with a used
 //! length of 0 when not (no device-writable byte inside guest memory): never a panic, never an
-//! allocation that is not bounded by [`MAX_DESCRIPTORS`], and no file access before every check
-//! has passed.
+//! allocation that is not bounded by [`MAX_DESCRIPTORS`], and no job (no file access) before
+//! every check has passed.
 
 use std::io;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use virtio_bindings::virtio_blk::{
     VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES, VIRTIO_BLK_S_IOERR, VIRTIO_BLK_S_OK,
@@ -30,7 +33,8 @@ use virtio_bindings::virtio_blk::{
 use virtio_queue::DescriptorChain;
 use vm_memory::{Address, GuestAddress, GuestMemoryBackend, VolatileSlice};
 
-use super::backend::{copy_from_slices, copy_to_slices, total_len, DiskImage, IoScratch};
+use super::backend::{copy_from_slices, copy_to_slices, DiskImage};
+use super::job::{GuestBuf, Job, Op, Segment};
 use super::{
     BlockStats, ID_BYTES, MAX_DESCRIPTORS, MAX_DISCARD_SECTORS, MAX_DISCARD_SEG, MAX_REQUEST_BYTES,
     MAX_WRITE_ZEROES_SECTORS, MAX_WRITE_ZEROES_SEG, SECTOR_SIZE,
@@ -45,16 +49,16 @@ const SEGMENT_LEN: u64 = 16;
 
 type Slice<'m> = VolatileSlice<'m, ()>;
 
-/// What the device needs to execute requests.
-pub(crate) struct RequestContext<'a> {
-    pub disk: &'a DiskImage,
+/// What the device needs to check and complete requests.
+pub(crate) struct RequestContext {
+    pub disk: Arc<DiskImage>,
     /// The GET_ID answer: the serial, zero-padded.
-    pub serial: &'a [u8; ID_BYTES],
+    pub serial: [u8; ID_BYTES],
     /// Features the driver acknowledged.
     pub acked_features: u64,
-    pub stats: &'a BlockStats,
+    pub stats: Arc<BlockStats>,
     /// Rate limit for host I/O error messages (keyed by errno).
-    pub io_error_log: &'a LogOnce,
+    pub io_error_log: Arc<LogOnce>,
 }
 
 /// How a chain was completed.
@@ -80,20 +84,20 @@ enum Failure {
 }
 
 /// The device-readable and device-writable buffers of a chain, in guest memory.
-struct Buffers<'m> {
-    readable: Vec<Slice<'m>>,
+struct Buffers {
+    readable: Vec<GuestBuf>,
     /// Device-writable bytes other than the status byte.
-    writable: Vec<Slice<'m>>,
+    writable: Vec<GuestBuf>,
 }
 
-/// Splits a chain into its buffers and its status byte.
+/// Splits a chain into its buffers and the address of its status byte.
 ///
 /// The status byte is found even when the rest of the chain is invalid, so that most malformed
 /// requests can still be completed with IOERR.
-fn parse_chain<'m>(
-    chain: DescriptorChain<&'m GuestMemoryMmap>,
-    mem: &'m GuestMemoryMmap,
-) -> (Option<Slice<'m>>, Result<Buffers<'m>, Failure>) {
+fn parse_chain(
+    chain: DescriptorChain<&GuestMemoryMmap>,
+    mem: &GuestMemoryMmap,
+) -> (Option<GuestAddress>, Result<Buffers, Failure>) {
     let mut descs = Vec::new();
     let mut count = 0usize;
     // Index and descriptor of the last non-empty device-writable descriptor: its last byte is
@@ -120,7 +124,7 @@ fn parse_chain<'m>(
 
     let status = last_writable.and_then(|(_, d)| {
         let addr = d.addr().checked_add(u64::from(d.len()) - 1)?;
-        mem.get_slice(addr, 1).ok()
+        mem.get_slice(addr, 1).ok().map(|_| addr)
     });
 
     if count == 0 {
@@ -155,20 +159,20 @@ fn parse_chain<'m>(
         } else {
             &mut readable
         };
-        if !collect_slices(mem, desc.addr(), len, dst) {
+        if !collect_bufs(mem, desc.addr(), len, dst) {
             return (status, Err(Failure::Invalid("buffer outside guest memory")));
         }
     }
     (status, Ok(Buffers { readable, writable }))
 }
 
-/// Appends the slices covering `len` bytes at `addr`; false if any byte is outside guest
-/// memory (or the range wraps around).
-fn collect_slices<'m>(
-    mem: &'m GuestMemoryMmap,
+/// Appends the ranges covering `len` bytes at `addr`, one per guest memory region crossed;
+/// false if any byte is outside guest memory (or the range wraps around).
+fn collect_bufs(
+    mem: &GuestMemoryMmap,
     addr: GuestAddress,
     len: usize,
-    out: &mut Vec<Slice<'m>>,
+    out: &mut Vec<GuestBuf>,
 ) -> bool {
     if len == 0 {
         return true;
@@ -180,8 +184,12 @@ fn collect_slices<'m>(
     for slice in mem.get_slices(addr, len) {
         match slice {
             Ok(s) => {
+                out.push(GuestBuf {
+                    // `got < len`, and `addr + len - 1` does not wrap.
+                    addr: addr.unchecked_add(got as u64),
+                    len: s.len(),
+                });
                 got += s.len();
-                out.push(s);
             }
             Err(_) => return false,
         }
@@ -189,22 +197,35 @@ fn collect_slices<'m>(
     got == len
 }
 
-/// Slices covering the bytes of `slices` after the first `skip`.
-fn skip_bytes<'m>(slices: &[Slice<'m>], mut skip: u64) -> Vec<Slice<'m>> {
-    let mut out = Vec::with_capacity(slices.len());
-    for s in slices {
-        let len = s.len() as u64;
+fn total_len(bufs: &[GuestBuf]) -> u64 {
+    bufs.iter().map(|b| b.len as u64).sum()
+}
+
+/// The ranges covering the bytes of `bufs` after the first `skip`.
+fn skip_bytes(bufs: &[GuestBuf], mut skip: u64) -> Vec<GuestBuf> {
+    let mut out = Vec::with_capacity(bufs.len());
+    for b in bufs {
+        let len = b.len as u64;
         if skip >= len {
             skip -= len;
             continue;
         }
-        // `skip < len`, so the offset is within the slice.
-        if let Ok(rest) = s.offset(skip as usize) {
-            out.push(rest);
-        }
+        // `skip < len`, so the rest is within the range.
+        out.push(GuestBuf {
+            addr: b.addr.unchecked_add(skip),
+            len: (len - skip) as usize,
+        });
         skip = 0;
     }
     out
+}
+
+/// The slices of `bufs` (ranges checked by `collect_bufs` on the same memory).
+fn slices<'m>(mem: &'m GuestMemoryMmap, bufs: &[GuestBuf]) -> Result<Vec<Slice<'m>>, Failure> {
+    bufs.iter()
+        .map(|b| mem.get_slice(b.addr, b.len))
+        .collect::<Result<_, _>>()
+        .map_err(|_| Failure::Invalid("buffer outside guest memory"))
 }
 
 /// Byte offset of a `len`-byte transfer at `sector`, if it lies within the disk.
@@ -231,15 +252,24 @@ fn check_data_len(len: u64) -> Result<(), Failure> {
     Ok(())
 }
 
-/// Executes a parsed request; returns the number of bytes written to `writable`.
-fn execute(
+/// What a checked request needs.
+enum Action {
+    /// Nothing (more) to do: complete with this many bytes written to guest buffers.
+    Complete(u64),
+    /// File I/O, done by a [`Job`].
+    Io(Op),
+}
+
+/// Checks a parsed request and decides what it needs; the requests that need no file access
+/// (GET_ID, empty transfers) are answered here.
+fn plan(
     ctx: &RequestContext,
-    scratch: &mut IoScratch,
+    mem: &GuestMemoryMmap,
     req_type: u32,
     sector: u64,
-    bufs: &Buffers,
-) -> Result<u64, Failure> {
-    let stats = ctx.stats;
+    bufs: Buffers,
+) -> Result<Action, Failure> {
+    let stats = &ctx.stats;
     let readable_len = total_len(&bufs.readable);
     let writable_len = total_len(&bufs.writable);
     match req_type {
@@ -249,14 +279,14 @@ fn execute(
                 return Err(Failure::Invalid("read with device-readable data buffers"));
             }
             check_data_len(writable_len)?;
-            let offset = checked_range(ctx.disk, sector, writable_len)?;
-            if writable_len > 0 {
-                ctx.disk
-                    .read_at(offset, &bufs.writable, scratch)
-                    .map_err(Failure::Io)?;
+            let offset = checked_range(&ctx.disk, sector, writable_len)?;
+            if writable_len == 0 {
+                return Ok(Action::Complete(0));
             }
-            stats.read_bytes.fetch_add(writable_len, Ordering::Relaxed);
-            Ok(writable_len)
+            Ok(Action::Io(Op::Read {
+                offset,
+                bufs: bufs.writable,
+            }))
         }
         VIRTIO_BLK_T_OUT => {
             stats.write_requests.fetch_add(1, Ordering::Relaxed);
@@ -269,28 +299,26 @@ fn execute(
             }
             let data_len = readable_len - HEADER_LEN;
             check_data_len(data_len)?;
-            let offset = checked_range(ctx.disk, sector, data_len)?;
-            if data_len > 0 {
-                let data = skip_bytes(&bufs.readable, HEADER_LEN);
-                ctx.disk
-                    .write_at(offset, &data, scratch)
-                    .map_err(Failure::Io)?;
+            let offset = checked_range(&ctx.disk, sector, data_len)?;
+            if data_len == 0 {
+                return Ok(Action::Complete(0));
             }
-            stats.write_bytes.fetch_add(data_len, Ordering::Relaxed);
-            Ok(0)
+            Ok(Action::Io(Op::Write {
+                offset,
+                bufs: skip_bytes(&bufs.readable, HEADER_LEN),
+            }))
         }
         VIRTIO_BLK_T_FLUSH => {
             stats.flush_requests.fetch_add(1, Ordering::Relaxed);
-            ctx.disk.flush().map_err(Failure::Io)?;
-            Ok(0)
+            Ok(Action::Io(Op::Flush))
         }
         VIRTIO_BLK_T_GET_ID => {
             stats.other_requests.fetch_add(1, Ordering::Relaxed);
             if writable_len < ID_BYTES as u64 {
                 return Err(Failure::Invalid("GET_ID buffer shorter than 20 bytes"));
             }
-            let n = copy_to_slices(&bufs.writable, 0, ctx.serial);
-            Ok(n as u64)
+            let n = copy_to_slices(&slices(mem, &bufs.writable)?, 0, &ctx.serial);
+            Ok(Action::Complete(n as u64))
         }
         VIRTIO_BLK_T_DISCARD | VIRTIO_BLK_T_WRITE_ZEROES => {
             stats.other_requests.fetch_add(1, Ordering::Relaxed);
@@ -319,7 +347,7 @@ fn execute(
             if data_len / SEGMENT_LEN > u64::from(max_seg) {
                 return Err(Failure::Invalid("too many discard/write-zeroes segments"));
             }
-            let data = skip_bytes(&bufs.readable, HEADER_LEN);
+            let data = slices(mem, &skip_bytes(&bufs.readable, HEADER_LEN))?;
             // At most MAX_*_SEG segments: read them all first, so no range is touched unless
             // every segment is valid.
             let mut segs = Vec::with_capacity((data_len / SEGMENT_LEN) as usize);
@@ -344,21 +372,23 @@ fn execute(
                     ));
                 }
                 let len = u64::from(num) * SECTOR_SIZE;
-                let offset = checked_range(ctx.disk, seg_sector, len)?;
-                segs.push((offset, len, flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0));
-            }
-            for (offset, len, unmap) in segs {
-                if len == 0 {
-                    continue;
+                let offset = checked_range(&ctx.disk, seg_sector, len)?;
+                if len > 0 {
+                    segs.push(Segment {
+                        offset,
+                        len,
+                        unmap: flags & VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP != 0,
+                    });
                 }
-                if discard {
-                    ctx.disk.discard(offset, len)
-                } else {
-                    ctx.disk.write_zeroes(offset, len, unmap, scratch)
-                }
-                .map_err(Failure::Io)?;
             }
-            Ok(0)
+            if segs.is_empty() {
+                return Ok(Action::Complete(0));
+            }
+            Ok(Action::Io(if discard {
+                Op::Discard(segs)
+            } else {
+                Op::WriteZeroes(segs)
+            }))
         }
         _ => {
             stats.other_requests.fetch_add(1, Ordering::Relaxed);
@@ -367,30 +397,88 @@ fn execute(
     }
 }
 
-/// Parses and executes the request in `chain`, writes its status byte and returns how to
-/// complete it. Never panics on guest input.
-pub(crate) fn process_chain(
+/// A request taken from the queue.
+pub(crate) enum Request {
+    /// Already completed: refused, or answered without file access.
+    Done(Completion),
+    /// Checked and waiting for its file I/O; completed by [`finish_job`].
+    Io(Job),
+}
+
+/// Parses and checks the request in `chain`. Requests needing no file access are completed on
+/// the spot (status byte written); the others become a [`Job`] that keeps `mem` alive. Never
+/// panics on guest input.
+pub(crate) fn parse_request(
     chain: DescriptorChain<&GuestMemoryMmap>,
-    mem: &GuestMemoryMmap,
+    mem: &Arc<GuestMemoryMmap>,
     ctx: &RequestContext,
-    scratch: &mut IoScratch,
-) -> Completion {
+) -> Request {
     let head = chain.head_index();
-    let (status_slice, parsed) = parse_chain(chain, mem);
+    let (status, parsed) = parse_chain(chain, mem);
 
     let result = parsed.and_then(|bufs| {
         let mut header = [0u8; HEADER_LEN as usize];
-        if copy_from_slices(&bufs.readable, 0, &mut header) != header.len() {
+        let readable = slices(mem, &bufs.readable)?;
+        if copy_from_slices(&readable, 0, &mut header) != header.len() {
             return Err(Failure::Invalid("request header not readable"));
         }
         let req_type = u32::from_le_bytes(header[0..4].try_into().unwrap());
         let sector = u64::from_le_bytes(header[8..16].try_into().unwrap());
         log::trace!("virtio-blk: request type {req_type} sector {sector}");
-        execute(ctx, scratch, req_type, sector, &bufs)
+        plan(ctx, mem, req_type, sector, bufs)
     });
 
-    let stats = ctx.stats;
-    let (status, data_len) = match result {
+    match (result, status) {
+        (Ok(Action::Io(op)), Some(status)) => Request::Io(Job::new(head, status, mem.clone(), op)),
+        // Parsing succeeds only with a status byte.
+        (Ok(Action::Io(_)), None) => Request::Done(conclude(
+            ctx,
+            head,
+            mem,
+            None,
+            Err(Failure::Invalid("no status byte")),
+        )),
+        (Ok(Action::Complete(n)), status) => Request::Done(conclude(ctx, head, mem, status, Ok(n))),
+        (Err(f), status) => Request::Done(conclude(ctx, head, mem, status, Err(f))),
+    }
+}
+
+/// Completes a job after its I/O: writes the status byte (in the memory the job kept) and
+/// counts the outcome.
+pub(crate) fn finish_job(ctx: &RequestContext, job: Job, result: io::Result<()>) -> Completion {
+    let data_len = match (&result, job.op()) {
+        (Ok(()), Op::Read { .. }) => {
+            ctx.stats.read_bytes.fetch_add(job.len(), Ordering::Relaxed);
+            job.len()
+        }
+        (Ok(()), Op::Write { .. }) => {
+            ctx.stats
+                .write_bytes
+                .fetch_add(job.len(), Ordering::Relaxed);
+            0
+        }
+        _ => 0,
+    };
+    conclude(
+        ctx,
+        job.head(),
+        job.mem(),
+        Some(job.status()),
+        result.map(|()| data_len).map_err(Failure::Io),
+    )
+}
+
+/// Writes the status byte at `status` (if any) for `result` and returns how to complete the
+/// chain.
+fn conclude(
+    ctx: &RequestContext,
+    head: u16,
+    mem: &GuestMemoryMmap,
+    status: Option<GuestAddress>,
+    result: Result<u64, Failure>,
+) -> Completion {
+    let stats = &ctx.stats;
+    let (status_byte, data_len) = match result {
         Ok(n) => (VIRTIO_BLK_S_OK as u8, n),
         Err(Failure::Unsupported) => {
             stats.unsupported.fetch_add(1, Ordering::Relaxed);
@@ -415,14 +503,14 @@ pub(crate) fn process_chain(
         }
     };
 
-    match status_slice {
+    match status.and_then(|a| mem.get_slice(a, 1).ok()) {
         Some(s) => {
-            s.copy_from(&[status]);
+            s.copy_from(&[status_byte]);
             Completion {
                 head,
                 // data_len is at most MAX_REQUEST_BYTES (or ID_BYTES), far below u32::MAX.
                 used_len: data_len as u32 + 1,
-                status: Some(status),
+                status: Some(status_byte),
             }
         }
         None => {

@@ -25,6 +25,8 @@ use crate::virtio::{
     GuestMemoryMmap, QueueActivation, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
 };
 
+mod in_flight;
+
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;
 const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
@@ -74,6 +76,7 @@ impl Env {
             readonly: false,
             direct: false,
             serial: None,
+            io_threads: DEFAULT_IO_THREADS,
         }
     }
 
@@ -97,12 +100,14 @@ impl Env {
     }
 }
 
-fn guest_memory() -> GuestMemoryMmap {
-    GuestMemoryMmap::from_ranges(&[
-        (GuestAddress(0), MEM_LEN),
-        (GuestAddress(MEM2_START), MEM2_LEN),
-    ])
-    .unwrap()
+fn guest_memory() -> Arc<GuestMemoryMmap> {
+    Arc::new(
+        GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), MEM_LEN),
+            (GuestAddress(MEM2_START), MEM2_LEN),
+        ])
+        .unwrap(),
+    )
 }
 
 /// Guest addresses of the rings (the descriptor table is at 0).
@@ -115,7 +120,7 @@ const USED: u64 = 0x2000;
 /// right after `avail.ring + len` bytes instead of `2 * len + 2`, so for any queue of more than
 /// a few entries the used ring overlaps the available ring's upper entries.
 struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
+    mem: &'a Arc<GuestMemoryMmap>,
     desc: DescriptorTable<'a, GuestMemoryMmap>,
     avail: AvailRing<'a, GuestMemoryMmap>,
     used_ring: UsedRing<'a, GuestMemoryMmap>,
@@ -124,10 +129,11 @@ struct Driver<'a> {
 }
 
 impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap) -> Self {
-        let desc = DescriptorTable::new(mem, GuestAddress(0), QSIZE);
-        let avail = AvailRing::new(mem, GuestAddress(AVAIL), QSIZE);
-        let used_ring = UsedRing::new(mem, GuestAddress(USED), QSIZE);
+    fn new(mem: &'a Arc<GuestMemoryMmap>) -> Self {
+        let m: &'a GuestMemoryMmap = mem;
+        let desc = DescriptorTable::new(m, GuestAddress(0), QSIZE);
+        let avail = AvailRing::new(m, GuestAddress(AVAIL), QSIZE);
+        let used_ring = UsedRing::new(m, GuestAddress(USED), QSIZE);
         Driver {
             mem,
             desc,
@@ -287,6 +293,16 @@ fn open_errors_name_the_path_and_the_fix() {
         matches!(e, BlockError::SerialTooLong { len: 21, .. }),
         "{e}"
     );
+
+    for threads in [0, MAX_IO_THREADS + 1] {
+        let e = VirtioBlk::new(DiskConfig {
+            io_threads: threads,
+            ..env.cfg()
+        })
+        .unwrap_err();
+        assert!(matches!(e, BlockError::IoThreads { .. }), "{e}");
+        assert!(e.to_string().contains("iothreads=1 to 64"), "{e}");
+    }
 }
 
 #[test]
@@ -1345,7 +1361,7 @@ fn worker_activate_notify_complete_reset_reactivate() {
     let env = Env::new();
     let mut dev = env.device(false);
     let mem = guest_memory();
-    let atomic = VmGuestMemoryAtomic::new(mem.clone());
+    let atomic = VmGuestMemoryAtomic::from(mem.clone());
     let irq = Arc::new(TestInterrupt::default());
 
     for round in 0..2u64 {
@@ -1381,8 +1397,10 @@ fn worker_activate_notify_complete_reset_reactivate() {
         assert_eq!(d.used(0).1, 1);
         assert_eq!(status_at(&mem, STATUS), OK);
         assert_eq!(env.file_bytes(4 * 512, 1024), data);
-        // The worker ran the VMM's start hook (kvmrun's seccomp filter) on its own thread.
+        // The worker and the I/O threads ran the VMM's start hook (kvmrun's seccomp filter) on
+        // their own threads.
         assert!(crate::worker_hook::recorder::saw("virtio-blk"));
+        assert!(crate::worker_hook::recorder::saw(pool::THREAD_NAME));
 
         dev.reset();
         assert!(!dev.is_active());
@@ -1412,7 +1430,7 @@ fn worker_serves_requests_queued_before_activation() {
     let env = Env::new();
     let mut dev = env.device(false);
     let mem = guest_memory();
-    let atomic = VmGuestMemoryAtomic::new(mem.clone());
+    let atomic = VmGuestMemoryAtomic::from(mem.clone());
     let irq = Arc::new(TestInterrupt::default());
     let d = Driver::new(&mem);
     let notify = EventFd::new(EFD_NONBLOCK).unwrap();
