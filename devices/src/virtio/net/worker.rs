@@ -132,23 +132,14 @@ impl NetWorker {
             return;
         }
         let mem = self.mem.memory();
-        let stats = self.processor.shared_stats();
-        let (interrupt, warned) = (&*self.interrupt, &mut self.warned_interrupt);
-        let mut notify = || {
-            signal(
-                interrupt,
-                &stats,
-                warned,
-                VirtioInterruptType::Queue(RX_QUEUE),
-            )
-        };
-        match self.processor.process_rx_notify(
-            &mut self.rx,
-            &mem,
-            RX_FRAMES_PER_WAKEUP,
-            &mut notify,
-        ) {
+        match self
+            .processor
+            .process_rx(&mut self.rx, &mem, RX_FRAMES_PER_WAKEUP)
+        {
             Ok(run) => {
+                if run.needs_interrupt {
+                    self.signal(VirtioInterruptType::Queue(RX_QUEUE));
+                }
                 // Level-triggered: while watched, frames left behind by the budget wake the
                 // loop again. Stop watching when out of buffers (until an RX notification) or
                 // on a back-end error (until the next link poll).
