@@ -2,7 +2,6 @@
 //! (an `openat` of /sys/devices/system/cpu/online) when it needs a ninth malloc arena.
 //! Re-runs itself in a child process, as `blk_test` does: filters cannot be removed.
 
-use std::process::Command;
 use std::sync::{Arc, Barrier};
 
 use super::{apply, enable, ThreadKind};
@@ -13,19 +12,12 @@ const THREADS: usize = 24;
 
 #[test]
 fn many_threads_allocate_under_the_filters() {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        child();
-    }
-    let name = concat!(module_path!(), "::many_threads_allocate_under_the_filters");
-    let name = name.split_once("::").map_or(name, |(_, rest)| rest);
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "child stderr:\n{stderr}");
-    assert!(stderr.contains("arena test child: done"), "{stderr}");
+    super::child_test::run_in_child(
+        concat!(module_path!(), "::many_threads_allocate_under_the_filters"),
+        CHILD_ENV,
+        "arena test child: done",
+        child,
+    );
 }
 
 fn child() -> ! {

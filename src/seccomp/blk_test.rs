@@ -10,7 +10,6 @@
 //! the one-line report, which the parent shows.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -45,19 +44,12 @@ const T_WRITE_ZEROES: u32 = 13;
 
 #[test]
 fn virtio_blk_runs_under_the_filters() {
-    if std::env::var_os(CHILD_ENV).is_some() {
-        child();
-    }
-    let name = concat!(module_path!(), "::virtio_blk_runs_under_the_filters");
-    let name = name.split_once("::").map_or(name, |(_, rest)| rest);
-    let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", name, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, "1")
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(0), "child stderr:\n{stderr}");
-    assert!(stderr.contains("virtio-blk test child: done"), "{stderr}");
+    super::child_test::run_in_child(
+        concat!(module_path!(), "::virtio_blk_runs_under_the_filters"),
+        CHILD_ENV,
+        "virtio-blk test child: done",
+        child,
+    );
 }
 
 /// The driver side of a 16-entry split queue at fixed addresses.

@@ -23,6 +23,8 @@
 mod arena_test;
 #[cfg(test)]
 mod blk_test;
+#[cfg(test)]
+mod child_test;
 mod filters;
 mod syscall_names;
 
@@ -67,7 +69,7 @@ thread_local! {
 /// Turns filtering on for the rest of the process: installs the SIGSYS handler and the
 /// device-worker hook. Call once on the main thread before any VM thread starts.
 pub fn enable() -> Result<(), SeccompError> {
-    set_malloc_arena_limit();
+    set_malloc_parameters();
     install_sigsys_handler()?;
     // Build every filter now, so a bad list fails here with a clear error and threads only
     // install a ready program.
@@ -79,16 +81,23 @@ pub fn enable() -> Result<(), SeccompError> {
     Ok(())
 }
 
-/// glibc sizes its limit of malloc arenas the first time a process needs more than eight (one
-/// per thread allocating at once), by reading /sys/devices/system/cpu/online: under the filters
-/// that `openat` is forbidden and kills kvmrun (16 virtio-blk I/O threads did, in the test
-/// host). Setting the limit now, to glibc's own default of 8 per online CPU, spares the look.
-fn set_malloc_arena_limit() {
+/// glibc's allocator opens files of its own the first time it needs to know something, and under
+/// the filters that `openat` is forbidden and kills kvmrun: it reads
+/// /sys/devices/system/cpu/online to size its arena limit when more than eight threads first
+/// allocate at once (16 virtio-blk I/O threads did, in the test host), and
+/// /proc/sys/vm/overcommit_memory the first time it shrinks a thread arena's heap (seen in
+/// `arena_test`). Set the arena limit now, to glibc's own default of 8 per online CPU, and the
+/// trim threshold high enough that heaps are never shrunk (freed memory stays for reuse; only
+/// trimming, not mmap'd large blocks, is affected; kvmrun's own heap is a few MiB).
+fn set_malloc_parameters() {
     #[cfg(target_env = "gnu")]
     {
         // SAFETY: sysconf (glibc: get_nprocs) and mallopt have no preconditions.
         let cpus = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.clamp(1, 1 << 20) as i32;
-        unsafe { libc::mallopt(libc::M_ARENA_MAX, cpus * 8) };
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, cpus * 8);
+            libc::mallopt(libc::M_TRIM_THRESHOLD, libc::c_int::MAX);
+        }
     }
 }
 
