@@ -675,12 +675,10 @@ fn tx_backend_errors_are_counted_as_dropped() {
     let mem = guest_memory();
     let mut d = Driver::new(&mem, TXQ_BASE);
     let (mut p, h, stats) = processor(ALL);
-    let mut w = vnet_hdr(0, 0, 0, 0, 0, 0);
-    w.extend_from_slice(&eth_frame(64, 0));
-    mem.write_slice(&w, GuestAddress(BUF)).unwrap();
+    let len = put_small_tx_frame(&mem);
     h.with(|s| s.send_errno = Some(libc::EIO));
-    d.add(&[(BUF, w.len() as u32, 0)]);
-    d.add(&[(BUF, w.len() as u32, 0)]);
+    d.add(&[(BUF, len, 0)]);
+    d.add(&[(BUF, len, 0)]);
     assert_eq!(tx(&mut p, &mut d).processed, 2);
     let s = stats.snapshot();
     assert_eq!((s.tx_dropped, s.tx_frames, s.malformed), (2, 0, 0));
@@ -692,11 +690,9 @@ fn tx_budget_and_notification_suppression() {
     let mem = guest_memory();
     let mut d = Driver::new(&mem, TXQ_BASE);
     let (mut p, h, _) = processor(NO_OFFLOADS);
-    let mut w = vnet_hdr(0, 0, 0, 0, 0, 0);
-    w.extend_from_slice(&eth_frame(64, 0));
-    mem.write_slice(&w, GuestAddress(BUF)).unwrap();
+    let len = put_small_tx_frame(&mem);
     for _ in 0..5 {
-        d.add(&[(BUF, w.len() as u32, 0)]);
+        d.add(&[(BUF, len, 0)]);
     }
     let run = p.process_tx(&mut d.queue, &mem, 3).unwrap();
     assert_eq!((run.processed, run.more), (3, true));
@@ -717,20 +713,27 @@ fn tx_event_idx_suppresses_interrupts() {
     let mut d = Driver::new(&mem, TXQ_BASE);
     d.queue.set_event_idx(true);
     let (mut p, _h, _) = processor(ALL);
-    let mut w = vnet_hdr(0, 0, 0, 0, 0, 0);
-    w.extend_from_slice(&eth_frame(64, 0));
-    mem.write_slice(&w, GuestAddress(BUF)).unwrap();
+    let len = put_small_tx_frame(&mem);
     // The driver asks for an interrupt only once used idx passes 2.
     d.set_used_event(2);
-    d.add(&[(BUF, w.len() as u32, 0)]);
+    d.add(&[(BUF, len, 0)]);
     assert!(!tx(&mut p, &mut d).needs_interrupt, "used idx 1");
-    d.add(&[(BUF, w.len() as u32, 0)]);
+    d.add(&[(BUF, len, 0)]);
     assert!(!tx(&mut p, &mut d).needs_interrupt, "used idx 2");
-    d.add(&[(BUF, w.len() as u32, 0)]);
+    d.add(&[(BUF, len, 0)]);
     assert!(
         tx(&mut p, &mut d).needs_interrupt,
         "used idx 3 passes used_event 2"
     );
+}
+
+/// Writes a TX chain's bytes at BUF (an all-zero vnet header and a 64-byte frame); returns
+/// their length.
+fn put_small_tx_frame(mem: &GuestMemoryMmap) -> u32 {
+    let mut w = vnet_hdr(0, 0, 0, 0, 0, 0);
+    w.extend_from_slice(&eth_frame(64, 0));
+    mem.write_slice(&w, GuestAddress(BUF)).unwrap();
+    w.len() as u32
 }
 
 /// The used index as the driver would read it (used ring at `base + 0x2000`).
@@ -743,11 +746,9 @@ fn tx_completes_and_notifies_each_frame_as_it_is_sent() {
     let mem = guest_memory();
     let mut d = Driver::new(&mem, TXQ_BASE);
     let (mut p, h, _) = processor(NO_OFFLOADS);
-    let mut w = vnet_hdr(0, 0, 0, 0, 0, 0);
-    w.extend_from_slice(&eth_frame(64, 0));
-    mem.write_slice(&w, GuestAddress(BUF)).unwrap();
+    let len = put_small_tx_frame(&mem);
     for _ in 0..3 {
-        d.add(&[(BUF, w.len() as u32, 0)]);
+        d.add(&[(BUF, len, 0)]);
     }
     // Without EVENT_IDX and with interrupts not suppressed by the driver, every completion is
     // signalled, each right after its own frame (not after the batch).
@@ -765,7 +766,7 @@ fn tx_completes_and_notifies_each_frame_as_it_is_sent() {
     d.queue.set_event_idx(true);
     d.set_used_event(4);
     for _ in 0..3 {
-        d.add(&[(BUF, w.len() as u32, 0)]);
+        d.add(&[(BUF, len, 0)]);
     }
     let mut seen = Vec::new();
     p.process_tx_notify(&mut d.queue, &mem, 256, &mut || {
