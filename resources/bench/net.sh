@@ -230,14 +230,7 @@ for i in $(seq "$runs"); do
   done
 done
 
-if [ -n "${KVMRUN_BENCH_INNER:-}" ]; then
-  where="inside the test host (QEMU TCG + nested SVM): compare ratios, not absolutes"
-else
-  where="hardware KVM on $(uname -n)"
-fi
-cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
-host_kernel=$(uname -r)
-kvmrun_git=$(git -C "$here/.." describe --always --dirty 2>/dev/null || echo unknown)
+netlib_environment
 qemu_version=$(qemu-system-x86_64 --version 2>/dev/null | head -n1 || echo "QEMU not run")
 export where runs mib out cpu_model host_kernel bz initrd kvmrun_git qemu_version vmms
 python3 - "$results" <<'PY'

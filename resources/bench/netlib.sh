@@ -11,7 +11,8 @@
 #   help_range    the lines of its header that --help prints (2,25)
 #   here          resources/
 # and then calls: netlib_options "$@"; netlib_testhost_or_continue; netlib_artifacts;
-# netlib_workdir. They set runs, mib, out, list; kvmrun, bz, initrd; work.
+# netlib_workdir; netlib_environment before the report. They set runs, mib, out, list; kvmrun,
+# bz, initrd; work; where, cpu_model, host_kernel, kvmrun_git.
 
 netlib_usage() {
   echo "$prog: usage: $prog [RUNS] [--mib MIB] [--$list_opt ${list_words// /,}] [--out FILE]" >&2
@@ -89,4 +90,16 @@ netlib_workdir() {
   else
     work=$(mktemp -d "${TMPDIR:-/tmp}/kvmrun-$1.XXXXXX")
   fi
+}
+
+# Where the figures were taken and on what: where, cpu_model, host_kernel, kvmrun_git.
+netlib_environment() {
+  if [ -n "${KVMRUN_BENCH_INNER:-}" ]; then
+    where="inside the test host (QEMU TCG + nested SVM): compare ratios, not absolutes"
+  else
+    where="hardware KVM on $(uname -n)"
+  fi
+  cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
+  host_kernel=$(uname -r)
+  kvmrun_git=$(git -C "$here/.." describe --always --dirty 2>/dev/null || echo unknown)
 }

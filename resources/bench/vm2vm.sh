@@ -126,14 +126,7 @@ for nic in ${nics//,/ }; do
   fi
 done
 
-if [ -n "${KVMRUN_BENCH_INNER:-}" ]; then
-  where="inside the test host (QEMU TCG + nested SVM): compare ratios, not absolutes"
-else
-  where="hardware KVM on $(uname -n)"
-fi
-cpu_model=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)
-host_kernel=$(uname -r)
-kvmrun_git=$(git -C "$here/.." describe --always --dirty 2>/dev/null || echo unknown)
+netlib_environment
 export where runs mib out cpu_model host_kernel bz initrd kvmrun_git nics
 python3 - "$results" <<'PY'
 import json, os, statistics, sys
