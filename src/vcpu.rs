@@ -64,8 +64,18 @@ pub fn create_vcpu(
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| err(format!("KVM_GET_SUPPORTED_CPUID: {e}")))?;
     boot::cpu::filter_cpuid(cpuid.as_mut_slice(), index, num_cpus);
+    boot::xsave::make_xsave_leaf_consistent(cpuid.as_mut_slice());
     vcpu.set_cpuid2(&cpuid)
         .map_err(|e| err(format!("KVM_SET_CPUID2: {e}")))?;
+    // After KVM_SET_CPUID2: KVM checks XCR0 against the XSAVE leaf it was given.
+    if let Some(xcrs) = boot::xsave::boot_xcrs(cpuid.as_slice()) {
+        vcpu.set_xcrs(&xcrs).map_err(|e| {
+            err(format!(
+                "KVM_SET_XCRS (XCR0 {:#x}): {e}",
+                xcrs.xcrs[0].value
+            ))
+        })?;
+    }
 
     let entries = boot::cpu::boot_msrs();
     let msrs = Msrs::from_entries(&entries).map_err(|e| err(format!("MSR list: {e:?}")))?;

@@ -19,6 +19,7 @@ pub mod layout;
 pub mod mptable;
 pub mod paging;
 pub mod params;
+pub mod xsave;
 
 pub use error::{Error, Result};
 
