@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
 
 use vm_memory::bitmap::BitmapSlice;
+use vm_memory::volatile_memory::PtrGuardMut;
 use vm_memory::VolatileSlice;
 
 use super::{BlockError, SECTOR_SIZE};
@@ -685,6 +686,26 @@ fn pwrite_all(fd: RawFd, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Guards on the non-empty `slices`: they keep the mappings alive (they matter for Xen-style
+/// mappings) while the kernel accesses them.
+fn ptr_guards<B: BitmapSlice>(slices: &[VolatileSlice<'_, B>]) -> Vec<PtrGuardMut> {
+    slices
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.ptr_guard_mut())
+        .collect()
+}
+
+fn iovecs(guards: &[PtrGuardMut]) -> Vec<libc::iovec> {
+    guards
+        .iter()
+        .map(|g| libc::iovec {
+            iov_base: g.as_ptr().cast(),
+            iov_len: g.len(),
+        })
+        .collect()
+}
+
 /// `preadv`/`pwritev` of all of `slices` at `offset`, resuming after short transfers.
 fn vectored_at<B: BitmapSlice>(
     fd: RawFd,
@@ -692,20 +713,8 @@ fn vectored_at<B: BitmapSlice>(
     slices: &[VolatileSlice<'_, B>],
     write: bool,
 ) -> io::Result<()> {
-    // The guards keep the mappings alive (they matter for Xen-style mappings) while the kernel
-    // accesses them.
-    let guards: Vec<_> = slices
-        .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| s.ptr_guard_mut())
-        .collect();
-    let mut iovs: Vec<libc::iovec> = guards
-        .iter()
-        .map(|g| libc::iovec {
-            iov_base: g.as_ptr().cast(),
-            iov_len: g.len(),
-        })
-        .collect();
+    let guards = ptr_guards(slices);
+    let mut iovs = iovecs(&guards);
     let mut idx = 0;
     while idx < iovs.len() {
         let cnt = (iovs.len() - idx).min(IOV_MAX) as libc::c_int;
