@@ -5,8 +5,10 @@
 //! available ring changes), serves them with `RequestProcessor::process_queue` and checks that
 //! they all came back in the used ring. The I/O runs inline (one request at a time), except in
 //! the `_threads` variants, which use the device's I/O threads as the worker does (waiting for
-//! their completions between calls). The image is a temporary raw file on a real file system
-//! (/var/tmp, so `direct` variants can open it with O_DIRECT). Throughput is reported in
+//! their completions between calls; like the worker, they serve reads the page cache holds
+//! without the threads, so `read_4k_threads` measures that path on a buffered image, and
+//! `read_4k_direct_threads` the threads). The image is a temporary raw file on a real file
+//! system (/var/tmp, so `direct` variants can open it with O_DIRECT). Throughput is reported in
 //! requests (criterion "elements") per second.
 //!
 //! Run: `cargo bench -p devices --bench virtio_blk` (`-- --quick` for a short run).

@@ -163,7 +163,8 @@ fn thread_creation(rules: &mut Rules) {
 
 /// What a device worker does with its back-end: disk image I/O (O_DIRECT or not, flush,
 /// discard/write-zeroes through fallocate; on virtio-blk's I/O threads, which also write the
-/// completion eventfd and wait on a futex), tap I/O, eventfds, its event loop.
+/// completion eventfd and wait on a futex, and on its worker, which reads cached data itself),
+/// tap I/O, eventfds, its event loop.
 fn worker_io(rules: &mut Rules) {
     allow(
         rules,
@@ -172,6 +173,9 @@ fn worker_io(rules: &mut Rules) {
             libc::SYS_pwrite64,
             libc::SYS_preadv,
             libc::SYS_pwritev,
+            // virtio-blk's worker reads data the page cache holds itself, with
+            // preadv2(RWF_NOWAIT), before handing a read to an I/O thread (buffered images;
+            // run under this filter by blk_test).
             libc::SYS_preadv2,
             libc::SYS_pwritev2,
             libc::SYS_readv,

@@ -4,6 +4,8 @@
 //! here, at an offset the request path has already checked against the capacity. Data moves
 //! directly between guest memory and the file (`preadv`/`pwritev` on the guest's buffers); with
 //! `O_DIRECT` an aligned bounce buffer stands in for guest buffers the kernel would refuse.
+//! Reads of a buffered image can also be tried without blocking ([`DiskImage::read_cached`]),
+//! which the queue worker does before handing a read to an I/O thread.
 
 use std::alloc::{self, Layout};
 use std::ffi::CString;
@@ -14,8 +16,10 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::os::unix::io::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use vm_memory::bitmap::BitmapSlice;
+use vm_memory::volatile_memory::PtrGuardMut;
 use vm_memory::VolatileSlice;
 
 use super::{BlockError, SECTOR_SIZE};
@@ -91,6 +95,9 @@ pub struct DiskImage {
     dio_offset_align: u64,
     /// `O_DIRECT` alignment of memory addresses.
     dio_mem_align: u64,
+    /// [`DiskImage::read_cached`] is worth trying: the image is buffered, and the kernel has not
+    /// refused RWF_NOWAIT on it (cleared for good on the first refusal).
+    nowait_reads: AtomicBool,
 }
 
 fn path_error(path: &Path, readonly: bool, e: io::Error) -> BlockError {
@@ -321,6 +328,7 @@ impl DiskImage {
             sectors: size / SECTOR_SIZE,
             dio_offset_align,
             dio_mem_align,
+            nowait_reads: AtomicBool::new(!direct),
         })
     }
 
@@ -368,6 +376,19 @@ impl DiskImage {
         Ok(())
     }
 
+    /// Whether [`DiskImage::read_cached`] still tries RWF_NOWAIT on this image (false under
+    /// `O_DIRECT`): callers check it before preparing a read for it.
+    pub(crate) fn tries_cached_reads(&self) -> bool {
+        !self.direct && self.nowait_reads.load(Ordering::Relaxed)
+    }
+
+    /// Makes [`DiskImage::read_cached`] give up at once, as after the kernel refused
+    /// RWF_NOWAIT: for tests that need every read to reach the I/O threads.
+    #[cfg(test)]
+    pub(crate) fn stop_cached_reads_for_test(&self) {
+        self.nowait_reads.store(false, Ordering::Relaxed);
+    }
+
     /// The descriptor to use for a transfer at `offset` of `len` bytes, and whether it is the
     /// `O_DIRECT` one.
     fn fd_for(&self, offset: u64, len: u64) -> (RawFd, bool) {
@@ -413,6 +434,49 @@ impl DiskImage {
             s.bitmap().mark_dirty(0, s.len());
         }
         Ok(())
+    }
+
+    /// Fills `slices` from the image at `offset` only if the host page cache holds all of
+    /// those bytes, without blocking; true when every byte was read. False means the caller must do
+    /// the ordinary [`DiskImage::read_at`] (which also reports real errors): part of the range
+    /// is not cached (EAGAIN or a short count), an error of any kind, or no RWF_NOWAIT support
+    /// (EOPNOTSUPP/EINVAL; then this image is not tried again). Always false under `O_DIRECT`,
+    /// where RWF_NOWAIT means something else (do not wait for the device's queue) and every
+    /// read goes to the device anyway.
+    pub(crate) fn read_cached<B: BitmapSlice>(
+        &self,
+        offset: u64,
+        slices: &[VolatileSlice<'_, B>],
+    ) -> bool {
+        if !self.tries_cached_reads() {
+            return false;
+        }
+        let guards = ptr_guards(slices);
+        let iovs = iovecs(&guards);
+        // One call or none: a request needing more iovecs (not built by Linux guests) takes
+        // the ordinary path, which splits it.
+        if iovs.len() > IOV_MAX {
+            return false;
+        }
+        match preadv2_nowait(self.file.as_raw_fd(), &iovs, offset) {
+            Ok(n) if n as u64 == total_len(slices) => {
+                for s in slices {
+                    s.bitmap().mark_dirty(0, s.len());
+                }
+                true
+            }
+            Ok(_) => false,
+            Err(e) if nowait_unsupported(&e) => {
+                self.nowait_reads.store(false, Ordering::Relaxed);
+                log::debug!(
+                    "{}: no RWF_NOWAIT reads on this file system ({e}); every read goes to the \
+                     I/O threads",
+                    self.path.display()
+                );
+                false
+            }
+            Err(_) => false,
+        }
     }
 
     /// Writes the bytes of `slices` at `offset`.
@@ -685,6 +749,59 @@ fn pwrite_all(fd: RawFd, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// The errors of a RWF_NOWAIT read that mean the kernel or file system does not offer it
+/// (preadv2(2): EOPNOTSUPP; EINVAL from kernels that do not know the flag; ENOSYS without
+/// preadv2 at all), as opposed to "not now" (EAGAIN) or a failed read.
+fn nowait_unsupported(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EOPNOTSUPP) | Some(libc::EINVAL) | Some(libc::ENOSYS)
+    )
+}
+
+/// `preadv2(fd, iovs, offset, RWF_NOWAIT)`, see preadv2(2): reads only what is already in the
+/// page cache, returning a short count when only the start of the range is there and EAGAIN
+/// when not even that is (it may start readahead, but never waits for it). One call, no retry:
+/// the caller decides what a short count or an error means.
+fn preadv2_nowait(fd: RawFd, iovs: &[libc::iovec], offset: u64) -> io::Result<usize> {
+    // SAFETY: each iovec describes memory the caller keeps mapped and writable for the call
+    // (guest buffers held by their guards); the kernel writes only within them. `iovs.len()`
+    // is at most IOV_MAX (checked by the caller), so it fits in a c_int.
+    let ret = unsafe {
+        libc::preadv2(
+            fd,
+            iovs.as_ptr(),
+            iovs.len() as libc::c_int,
+            offset as libc::off_t,
+            libc::RWF_NOWAIT,
+        )
+    };
+    if ret < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(ret as usize)
+}
+
+/// Guards on the non-empty `slices`: they keep the mappings alive (they matter for Xen-style
+/// mappings) while the kernel accesses them.
+fn ptr_guards<B: BitmapSlice>(slices: &[VolatileSlice<'_, B>]) -> Vec<PtrGuardMut> {
+    slices
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| s.ptr_guard_mut())
+        .collect()
+}
+
+fn iovecs(guards: &[PtrGuardMut]) -> Vec<libc::iovec> {
+    guards
+        .iter()
+        .map(|g| libc::iovec {
+            iov_base: g.as_ptr().cast(),
+            iov_len: g.len(),
+        })
+        .collect()
+}
+
 /// `preadv`/`pwritev` of all of `slices` at `offset`, resuming after short transfers.
 fn vectored_at<B: BitmapSlice>(
     fd: RawFd,
@@ -692,20 +809,8 @@ fn vectored_at<B: BitmapSlice>(
     slices: &[VolatileSlice<'_, B>],
     write: bool,
 ) -> io::Result<()> {
-    // The guards keep the mappings alive (they matter for Xen-style mappings) while the kernel
-    // accesses them.
-    let guards: Vec<_> = slices
-        .iter()
-        .filter(|s| !s.is_empty())
-        .map(|s| s.ptr_guard_mut())
-        .collect();
-    let mut iovs: Vec<libc::iovec> = guards
-        .iter()
-        .map(|g| libc::iovec {
-            iov_base: g.as_ptr().cast(),
-            iov_len: g.len(),
-        })
-        .collect();
+    let guards = ptr_guards(slices);
+    let mut iovs = iovecs(&guards);
     let mut idx = 0;
     while idx < iovs.len() {
         let cnt = (iovs.len() - idx).min(IOV_MAX) as libc::c_int;

@@ -1,4 +1,5 @@
-//! The file I/O of one checked virtio-blk request ([`Job`]), run by an I/O thread.
+//! The file I/O of one checked virtio-blk request ([`Job`]), run by an I/O thread (or, for a
+//! read the host page cache can serve at once, by the queue worker: [`Job::read_cached`]).
 //!
 //! A job is built only after every check of `request` has passed (offsets within the disk,
 //! buffers within guest memory, lengths bounded), so running it touches only the image and the
@@ -112,6 +113,22 @@ impl Job {
                 .iter()
                 .try_for_each(|s| disk.write_zeroes(s.offset, s.len, s.unmap, scratch)),
         }
+    }
+
+    /// Does the I/O of a read at once if the host page cache holds all of its data, without
+    /// blocking ([`DiskImage::read_cached`]); false for any other job, or when the read has to
+    /// run as usual (nothing it may have put in the buffers counts: reads are idempotent, and
+    /// the full read overwrites it).
+    pub(crate) fn read_cached(&self, disk: &DiskImage) -> bool {
+        let Op::Read { offset, bufs } = &self.op else {
+            return false;
+        };
+        // Before building the slices: an O_DIRECT image pays nothing for this path.
+        if !disk.tries_cached_reads() {
+            return false;
+        }
+        self.slices(bufs)
+            .is_ok_and(|slices| disk.read_cached(*offset, &slices))
     }
 
     fn slices(&self, bufs: &[GuestBuf]) -> io::Result<Vec<VolatileSlice<'_, ()>>> {

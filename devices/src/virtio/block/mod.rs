@@ -3,7 +3,8 @@
 //! - [`VirtioBlk`] is the device: feature bits (§5.2.3), configuration space (§5.2.4) and the
 //!   [`VirtioDevice`] life cycle. `activate` starts a worker thread named `virtio-blk` that
 //!   serves the request queue and a pool of I/O threads named `virtio-blk-io` that do the file
-//!   I/O, so that several requests are in flight at once; `reset` stops and joins them all.
+//!   I/O, so that several requests are in flight at once (the worker serves small reads the
+//!   host page cache already holds itself); `reset` stops and joins them all.
 //! - `request` parses, checks and completes one request (§5.2.6), `job` is the file I/O of a
 //!   checked request, `backend` does that I/O on the image ([`DiskImage`]), `pool` runs jobs on
 //!   the I/O threads, `worker` runs the queue ([`RequestProcessor`]) and the worker thread.
@@ -163,6 +164,9 @@ pub struct BlockStats {
     pub other_requests: AtomicU64,
     /// Bytes read from the image by successful IN requests.
     pub read_bytes: AtomicU64,
+    /// IN requests the worker served from the host page cache itself (RWF_NOWAIT), without an
+    /// I/O thread.
+    pub cached_reads: AtomicU64,
     /// Bytes written to the image by successful OUT requests.
     pub write_bytes: AtomicU64,
     /// Requests answered IOERR because the guest broke the protocol.
@@ -188,6 +192,7 @@ pub struct BlockStatsSnapshot {
     pub flush_requests: u64,
     pub other_requests: u64,
     pub read_bytes: u64,
+    pub cached_reads: u64,
     pub write_bytes: u64,
     pub invalid_requests: u64,
     pub io_errors: u64,
@@ -206,6 +211,7 @@ impl BlockStats {
             flush_requests: l(&self.flush_requests),
             other_requests: l(&self.other_requests),
             read_bytes: l(&self.read_bytes),
+            cached_reads: l(&self.cached_reads),
             write_bytes: l(&self.write_bytes),
             invalid_requests: l(&self.invalid_requests),
             io_errors: l(&self.io_errors),

@@ -3,10 +3,11 @@
 //! `pwritev` in flight on the image (like QEMU's `aio=threads`), or inline on the caller
 //! ([`Executor::Inline`]: tests, fuzzing, benchmarks of the queue logic).
 //!
-//! The queue worker submits [`Job`]s and reaps them; the threads signal finished jobs on an
-//! eventfd the worker watches in its event loop (only when the list of finished jobs goes from
-//! empty to non-empty: the worker always takes the whole list). Idle threads block on a condition
-//! variable: no polling.
+//! The queue worker submits [`Job`]s (except the reads it serves from the page cache itself,
+//! see [`RequestProcessor`](super::RequestProcessor)) and reaps them; the threads signal
+//! finished jobs on an eventfd the worker watches in its event loop (only when the list of
+//! finished jobs goes from empty to non-empty: the worker always takes the whole list). Idle
+//! threads block on a condition variable: no polling.
 //!
 //! The threads are started by [`IoPool::start`] on the thread that activates the device (a vCPU
 //! thread in kvmrun: worker threads run under a seccomp filter that forbids creating threads),
@@ -212,6 +213,11 @@ impl Executor {
             Executor::Inline { done, .. } => out.append(done),
             Executor::Pool(p) => p.take_done(out),
         }
+    }
+
+    /// Jobs run on other threads (submitting one costs a hand-off).
+    pub(crate) fn is_threaded(&self) -> bool {
+        matches!(self, Executor::Pool(_))
     }
 
     pub(crate) fn completion_fd(&self) -> Option<&EventFd> {

@@ -25,6 +25,7 @@ use crate::virtio::{
     GuestMemoryMmap, QueueActivation, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
 };
 
+mod cached_reads;
 mod in_flight;
 
 const NEXT: u16 = VRING_DESC_F_NEXT as u16;

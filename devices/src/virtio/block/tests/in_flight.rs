@@ -1,5 +1,6 @@
 //! Requests in flight on the I/O threads: out-of-order completion, FLUSH ordering, errors,
-//! the in-flight bound, parallelism, and reset with requests in flight.
+//! the in-flight bound, parallelism, and reset with requests in flight. The gated devices here
+//! send every read to the I/O threads (`cached_reads` tests the reads the worker serves).
 
 use std::collections::HashSet;
 use std::time::Instant;
@@ -11,7 +12,7 @@ const WAIT: Duration = Duration::from_secs(10);
 
 /// Holds jobs back in the I/O threads: a job whose head is held waits before its I/O.
 #[derive(Default)]
-struct Gate {
+pub(super) struct Gate {
     state: Mutex<GateState>,
     cv: Condvar,
 }
@@ -28,11 +29,11 @@ struct GateState {
 }
 
 impl Gate {
-    fn new() -> Arc<Gate> {
+    pub(super) fn new() -> Arc<Gate> {
         Arc::new(Gate::default())
     }
 
-    fn hook(self: &Arc<Self>) -> pool::Gate {
+    pub(super) fn hook(self: &Arc<Self>) -> pool::Gate {
         let g = self.clone();
         Arc::new(move |job: &Job| g.pass(job.head()))
     }
@@ -54,20 +55,20 @@ impl Gate {
         self.cv.notify_all();
     }
 
-    fn hold(&self, head: u16) {
+    pub(super) fn hold(&self, head: u16) {
         self.state.lock().unwrap().held.insert(head);
     }
 
-    fn release(&self, head: u16) {
+    pub(super) fn release(&self, head: u16) {
         self.state.lock().unwrap().held.remove(&head);
         self.cv.notify_all();
     }
 
-    fn started(&self) -> Vec<u16> {
+    pub(super) fn started(&self) -> Vec<u16> {
         self.state.lock().unwrap().started.clone()
     }
 
-    fn wait_started(&self, head: u16) {
+    pub(super) fn wait_started(&self, head: u16) {
         let st = self.state.lock().unwrap();
         let (_st, t) = self
             .cv
@@ -86,11 +87,13 @@ fn gated_device(env: &Env, gate: &Arc<Gate>, io_threads: usize) -> VirtioBlk {
     .unwrap();
     dev.set_acked_features(dev.device_features());
     dev.io_gate = Some(gate.hook());
+    // Every read must reach the gate, even one the worker could serve from the page cache.
+    dev.disk.stop_cached_reads_for_test();
     dev
 }
 
 /// Serves the queue until nothing is in flight; returns the runs.
-fn drain(d: &mut Driver, p: &mut RequestProcessor) -> Vec<QueueRun> {
+pub(super) fn drain(d: &mut Driver, p: &mut RequestProcessor) -> Vec<QueueRun> {
     let mut runs = vec![d.run(p)];
     while p.in_flight() > 0 {
         assert!(p.wait_for_completions(WAIT), "no completion");
