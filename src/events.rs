@@ -5,7 +5,8 @@
 //! {"event":"created","unix_ms":1795000000123,"elapsed_ms":3.2}
 //! {"event":"exited","unix_ms":1795000000456,"elapsed_ms":336.0,"status":0,"reason":"debug-exit 0"}
 //! ```
-//! Events: `created` (the KVM VM exists), `kernel-loaded`, `vcpus-started`, `boot-complete`
+//! Events: `created` (the KVM VM exists), `kernel-loaded`, `vcpus-started` (the boot vCPU
+//! enters the guest), `boot-complete`
 //! (the guest wrote port 0x502), `paused`, `resumed`, `exited` (`status`, `reason`).
 
 use std::io::Write;

@@ -121,6 +121,9 @@ pub struct VcpuContext {
     pub counters: Arc<ExitCounters>,
     /// Parks this vCPU between runs while the VM is paused.
     pub pause: Arc<crate::pause::PauseGate>,
+    /// Called by the boot vCPU just before it first enters the guest (the `vcpus-started`
+    /// event): from that thread, so nothing the guest does can be reported before it.
+    pub on_guest_entry: Option<Arc<dyn Fn() + Send + Sync>>,
 }
 
 /// Starts the thread that runs `vcpu` until the VM stops.
@@ -143,6 +146,9 @@ fn run(index: u8, mut vcpu: VcpuFd, ctx: VcpuContext) {
     }
     if index == 0 {
         ctx.timeline.kernel_entry();
+        if let Some(hook) = &ctx.on_guest_entry {
+            hook();
+        }
     }
     while !ctx.exit.is_requested() {
         ctx.pause.park_if_paused(&ctx.exit);

@@ -213,6 +213,15 @@ fn run_vm(
     };
 
     let mut threads: Vec<JoinHandle<()>> = Vec::with_capacity(vcpus.len());
+    let vcpu_count = vcpus.len();
+    let events = ctl.events.clone();
+    let on_guest_entry: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        events::emit(
+            &events,
+            "vcpus-started",
+            serde_json::json!({ "vcpus": vcpu_count }),
+        )
+    });
     for (index, fd) in vcpus.into_iter().enumerate() {
         let ctx = VcpuContext {
             pio: machine.pio.clone(),
@@ -221,6 +230,7 @@ fn run_vm(
             timeline: timeline.clone(),
             counters: counters.clone(),
             pause: pause.clone(),
+            on_guest_entry: (index == 0).then(|| on_guest_entry.clone()),
         };
         match vcpu::spawn(index as u8, fd, ctx) {
             Ok(t) => threads.push(t),
@@ -239,11 +249,6 @@ fn run_vm(
         return Err(e.into());
     }
     pause.set_threads(threads.iter().map(|t| t.as_pthread_t()).collect());
-    events::emit(
-        &ctl.events,
-        "vcpus-started",
-        serde_json::json!({ "vcpus": threads.len() }),
-    );
     let deadline = ctl.timeout.map(|t| Instant::now() + t);
     let mut on_signal = crate::guest_shutdown::OnSignal::new(
         ctl.shutdown_grace
