@@ -1,7 +1,11 @@
 //! virtio devices and the virtio-pci transport (virtio 1.2).
 pub mod block;
+#[cfg(test)]
+mod driver_queue;
 pub mod net;
 pub mod pci_transport;
+#[cfg(test)]
+mod queue_layout;
 use std::sync::Arc;
 
 pub use pci_transport::{VirtioPciDevice, VirtioPciError};

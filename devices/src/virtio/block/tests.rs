@@ -15,12 +15,13 @@ use virtio_bindings::virtio_ring::{
 };
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
-use virtio_queue::mock::{AvailRing, DescriptorTable, UsedRing};
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic as VmGuestMemoryAtomic};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::*;
+use crate::virtio::driver_queue::DriverQueue;
+use crate::virtio::queue_layout::SplitQueueLayout;
 use crate::virtio::{
     GuestMemoryMmap, QueueActivation, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
 };
@@ -111,103 +112,18 @@ fn guest_memory() -> Arc<GuestMemoryMmap> {
     )
 }
 
-/// Guest addresses of the rings (the descriptor table is at 0).
-const AVAIL: u64 = 0x1000;
-const USED: u64 = 0x2000;
+/// The request queue's rings: the descriptor table at 0, the available ring at 0x1000, the
+/// used ring at 0x2000.
+const RINGS: SplitQueueLayout = SplitQueueLayout::page_apart(0, QSIZE);
+const AVAIL: u64 = RINGS.avail_ring;
+const USED: u64 = RINGS.used_ring;
 
-/// The driver side of a 16-entry split queue, built from virtio-queue's mock pieces.
-///
-/// `MockSplitQueue::new/create` is not used: in virtio-queue 0.18 it places the used ring
-/// right after `avail.ring + len` bytes instead of `2 * len + 2`, so for any queue of more than
-/// a few entries the used ring overlaps the available ring's upper entries.
-struct Driver<'a> {
-    mem: &'a Arc<GuestMemoryMmap>,
-    desc: DescriptorTable<'a, GuestMemoryMmap>,
-    avail: AvailRing<'a, GuestMemoryMmap>,
-    used_ring: UsedRing<'a, GuestMemoryMmap>,
-    queue: Queue,
-    next_desc: u16,
-}
+/// The driver side of the request queue. Over the `Arc` of guest memory, which is what
+/// [`RequestProcessor::process_queue`] takes.
+type Driver<'a> = DriverQueue<'a, Arc<GuestMemoryMmap>>;
 
-impl<'a> Driver<'a> {
-    fn new(mem: &'a Arc<GuestMemoryMmap>) -> Self {
-        let m: &'a GuestMemoryMmap = mem;
-        let desc = DescriptorTable::new(m, GuestAddress(0), QSIZE);
-        let avail = AvailRing::new(m, GuestAddress(AVAIL), QSIZE);
-        let used_ring = UsedRing::new(m, GuestAddress(USED), QSIZE);
-        Driver {
-            mem,
-            desc,
-            avail,
-            used_ring,
-            queue: Self::new_queue(),
-            next_desc: 0,
-        }
-    }
-
-    /// A queue configured as the driver set it up (what the transport hands to `activate`).
-    fn new_queue() -> Queue {
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_size(QSIZE);
-        q.try_set_desc_table_address(GuestAddress(0)).unwrap();
-        q.try_set_avail_ring_address(GuestAddress(AVAIL)).unwrap();
-        q.try_set_used_ring_address(GuestAddress(USED)).unwrap();
-        q.set_ready(true);
-        q
-    }
-
-    fn store(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        self.desc
-            .store(
-                index,
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)),
-            )
-            .unwrap();
-    }
-
-    /// Writes a chain of (addr, len, flags) descriptors (NEXT added) and makes it available.
-    fn add(&mut self, descs: &[(u64, u32, u16)]) -> u16 {
-        let n = descs.len() as u16;
-        if self.next_desc + n > QSIZE {
-            self.next_desc = 0;
-        }
-        let head = self.next_desc;
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let idx = head + i as u16;
-            let last = i + 1 == descs.len();
-            let flags = if last { flags } else { flags | NEXT };
-            self.store(idx, addr, len, flags, idx + 1);
-        }
-        self.next_desc += n;
-        self.make_available(head);
-        head
-    }
-
-    fn make_available(&self, head: u16) {
-        let idx = self.avail.idx().load();
-        self.avail
-            .ring()
-            .ref_at(usize::from(idx % QSIZE))
-            .unwrap()
-            .store(head);
-        self.avail.idx().store(idx.wrapping_add(1));
-    }
-
-    fn used_idx(&self) -> u16 {
-        self.used_ring.idx().load()
-    }
-
-    /// (id, len) of used entry `i`.
-    fn used(&self, i: u16) -> (u32, u32) {
-        let e = self
-            .used_ring
-            .ring()
-            .ref_at(usize::from(i % QSIZE))
-            .unwrap()
-            .load();
-        (e.id(), e.len())
-    }
-
+impl Driver<'_> {
+    /// Serves the queue once, as the worker does on a notification.
     fn run(&mut self, p: &mut RequestProcessor) -> QueueRun {
         p.process_queue(&mut self.queue, self.mem, 256).unwrap()
     }
@@ -485,7 +401,7 @@ fn read_round_trip() {
     let dev = env.device(false);
     let mut p = dev.request_processor();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
 
     header(&mem, HDR, VIRTIO_BLK_T_IN, 3);
     // 1024 bytes in two buffers of different sizes, the second in the other region.
@@ -515,7 +431,7 @@ fn write_round_trip_and_flush() {
     let dev = env.device(false);
     let mut p = dev.request_processor();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
 
     let data: Vec<u8> = (0..2048u32).map(|i| (i * 7 + 1) as u8).collect();
     mem.write_slice(&data, GuestAddress(DATA)).unwrap();
@@ -555,7 +471,7 @@ fn framing_does_not_matter() {
     let dev = env.device(false);
     let mut p = dev.request_processor();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
 
     header(&mem, HDR, VIRTIO_BLK_T_OUT, 1);
     mem.write_slice(&[0x5a; 512], GuestAddress(HDR + 16))
@@ -595,7 +511,7 @@ fn get_id() {
     .unwrap();
     dev.set_acked_features(dev.device_features());
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     let mut p = dev.request_processor();
 
     mem.write_slice(&[0xff; 20], GuestAddress(DATA)).unwrap();
@@ -635,7 +551,7 @@ fn unknown_type_is_unsupported() {
     let dev = env.device(false);
     let mut p = dev.request_processor();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     for t in [2, 3, 5, 10, 14, 15, 16, 0xffff_ffff] {
         header(&mem, HDR, t, 0);
         let (st, len) = submit(&mut d, &mut p, &[(HDR, 16, 0), (STATUS, 1, WRITE)]);
@@ -651,7 +567,7 @@ fn readonly_rejects_writes() {
     let dev = env.device(true);
     let mut p = dev.request_processor();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
 
     mem.write_slice(&[0x11; 512], GuestAddress(DATA)).unwrap();
     header(&mem, HDR, VIRTIO_BLK_T_OUT, 0);
@@ -697,7 +613,7 @@ fn out_of_range_requests() {
     let dev = env.device(false);
     let mut p = dev.request_processor();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
 
     for (t, dir) in [(VIRTIO_BLK_T_IN, WRITE), (VIRTIO_BLK_T_OUT, 0)] {
         // (sector, length): just past the end, straddling the end, overflowing.
@@ -741,7 +657,7 @@ fn malformed_chains() {
     let dev = env.device(false);
     let mut p = dev.request_processor();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     let hole = MEM_LEN as u64 + 0x1000; // between the regions
 
     // (what, type, chain, expected status, expected used len)
@@ -891,7 +807,7 @@ fn oversized_request_is_refused() {
     let dev = env.device(false);
     let mut p = dev.request_processor();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     for (t, dir) in [(VIRTIO_BLK_T_IN, WRITE), (VIRTIO_BLK_T_OUT, 0)] {
         header(&mem, HDR, t, 0);
         let mut chain = vec![(HDR, 16, 0)];
@@ -917,7 +833,7 @@ fn loops_and_too_many_descriptors() {
     let dev = env.device(false);
     let mut p = dev.request_processor();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     mem.write_obj(NO_STATUS, GuestAddress(STATUS)).unwrap();
     header(&mem, HDR, VIRTIO_BLK_T_FLUSH, 0);
 
@@ -996,7 +912,7 @@ fn bad_ring_entries() {
     let dev = env.device(false);
     let mut p = dev.request_processor();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
 
     // A head index past the queue: taken, nothing to give back, no panic.
     d.make_available(QSIZE + 5);
@@ -1014,8 +930,8 @@ fn bad_ring_entries() {
     );
 
     // The available index far ahead of the queue: an error, not a hang.
-    let idx = d.avail.idx().load();
-    d.avail.idx().store(idx.wrapping_add(QSIZE + 1));
+    let idx = d.avail_idx();
+    d.set_avail_idx(idx.wrapping_add(QSIZE + 1));
     assert!(p.process_queue(&mut d.queue, &mem, 256).is_err());
 }
 
@@ -1025,7 +941,7 @@ fn budget_bounds_one_call() {
     let dev = env.device(false);
     let mut p = dev.request_processor();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     header(&mem, HDR, VIRTIO_BLK_T_FLUSH, 0);
     for _ in 0..10 {
         d.add(&[(HDR, 16, 0), (STATUS, 1, WRITE)]);
@@ -1045,7 +961,7 @@ fn discard_and_write_zeroes() {
     let dev = env.device(false);
     let mut p = dev.request_processor();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
 
     let seg = |sector: u64, n: u32, flags: u32| {
         let mut s = [0u8; 16];
@@ -1218,7 +1134,7 @@ fn direct_io_with_unaligned_buffers() {
     };
     dev.set_acked_features(dev.device_features());
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
 
     let check = |dev: &VirtioBlk, d: &mut Driver, seed: u8, base: u64| {
         let mut p = dev.request_processor();
@@ -1286,7 +1202,7 @@ fn event_idx_suppresses_interrupts() {
     let dev = env.device(false);
     let mut p = dev.request_processor();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     d.queue.set_event_idx(true);
     let used_event = GuestAddress(AVAIL + 4 + 2 * u64::from(QSIZE));
     let avail_event = GuestAddress(USED + 4 + 8 * u64::from(QSIZE));
@@ -1366,7 +1282,7 @@ fn worker_activate_notify_complete_reset_reactivate() {
     let irq = Arc::new(TestInterrupt::default());
 
     for round in 0..2u64 {
-        let mut d = Driver::new(&mem);
+        let mut d = Driver::new(&mem, RINGS);
         // Fresh rings for each activation (the driver re-initialises after reset).
         mem.write_obj(0u16, GuestAddress(AVAIL + 2)).unwrap();
         mem.write_obj(0u16, GuestAddress(USED + 2)).unwrap();
@@ -1433,9 +1349,9 @@ fn worker_serves_requests_queued_before_activation() {
     let mem = guest_memory();
     let atomic = VmGuestMemoryAtomic::from(mem.clone());
     let irq = Arc::new(TestInterrupt::default());
-    let d = Driver::new(&mem);
+    let d = Driver::new(&mem, RINGS);
     let notify = EventFd::new(EFD_NONBLOCK).unwrap();
-    let queue = Driver::new_queue();
+    let queue = RINGS.ready_queue();
     // Requests queued before activation: the pending notification is served on start.
     header(&mem, HDR, VIRTIO_BLK_T_FLUSH, 0);
     let mut d = d;

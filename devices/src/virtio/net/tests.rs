@@ -9,14 +9,16 @@ use virtio_bindings::virtio_ring::{
 };
 use virtio_queue::desc::split::Descriptor as SplitDescriptor;
 use virtio_queue::desc::RawDescriptor;
-use virtio_queue::mock::{AvailRing, DescriptorTable, UsedRing};
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::mock::DescriptorTable;
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryAtomic as VmGuestMemoryAtomic};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use super::mock::{MockBackend, MockHandle};
 use super::*;
 use crate::net::{TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN};
+use crate::virtio::driver_queue::DriverQueue;
+use crate::virtio::queue_layout::SplitQueueLayout;
 use crate::virtio::{
     GuestMemoryMmap, QueueActivation, VirtioDevice, VirtioInterrupt, VirtioInterruptType,
 };
@@ -26,9 +28,12 @@ const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 const INDIRECT: u16 = VRING_DESC_F_INDIRECT as u16;
 const QSIZE: u16 = 16;
 const MEM_LEN: usize = 0x40_0000;
-/// Where each queue's rings start (descriptor table, avail at +0x1000, used at +0x2000).
+/// Each queue's rings: the descriptor table at the base, the available ring at +0x1000, the
+/// used ring at +0x2000.
 const RXQ_BASE: u64 = 0x0;
 const TXQ_BASE: u64 = 0x4000;
+const RXQ: SplitQueueLayout = SplitQueueLayout::page_apart(RXQ_BASE, QSIZE);
+const TXQ: SplitQueueLayout = SplitQueueLayout::page_apart(TXQ_BASE, QSIZE);
 /// Buffers.
 const BUF: u64 = 0x10_0000;
 const BUF2: u64 = 0x20_0000;
@@ -44,109 +49,8 @@ fn guest_memory() -> GuestMemoryMmap {
     GuestMemoryMmap::from_ranges(&[(GuestAddress(0), MEM_LEN)]).unwrap()
 }
 
-/// The driver side of one 16-entry split queue at `base` (built from virtio-queue's mock
-/// pieces at chosen addresses: `MockSplitQueue::new` overlaps the used and available rings in
-/// virtio-queue 0.18).
-struct Driver<'a> {
-    mem: &'a GuestMemoryMmap,
-    base: u64,
-    desc: DescriptorTable<'a, GuestMemoryMmap>,
-    avail: AvailRing<'a, GuestMemoryMmap>,
-    used_ring: UsedRing<'a, GuestMemoryMmap>,
-    queue: Queue,
-    next_desc: u16,
-}
-
-impl<'a> Driver<'a> {
-    fn new(mem: &'a GuestMemoryMmap, base: u64) -> Self {
-        Driver {
-            mem,
-            base,
-            desc: DescriptorTable::new(mem, GuestAddress(base), QSIZE),
-            avail: AvailRing::new(mem, GuestAddress(base + 0x1000), QSIZE),
-            used_ring: UsedRing::new(mem, GuestAddress(base + 0x2000), QSIZE),
-            queue: Self::queue_at(base),
-            next_desc: 0,
-        }
-    }
-
-    fn queue_at(base: u64) -> Queue {
-        let mut q = Queue::new(QSIZE).unwrap();
-        q.set_size(QSIZE);
-        q.try_set_desc_table_address(GuestAddress(base)).unwrap();
-        q.try_set_avail_ring_address(GuestAddress(base + 0x1000))
-            .unwrap();
-        q.try_set_used_ring_address(GuestAddress(base + 0x2000))
-            .unwrap();
-        q.set_ready(true);
-        q
-    }
-
-    fn store(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        self.desc
-            .store(
-                index,
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next)),
-            )
-            .unwrap();
-    }
-
-    /// Writes a chain of (addr, len, flags) descriptors (NEXT added) and makes it available.
-    fn add(&mut self, descs: &[(u64, u32, u16)]) -> u16 {
-        let n = descs.len() as u16;
-        if self.next_desc + n > QSIZE {
-            self.next_desc = 0;
-        }
-        let head = self.next_desc;
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let idx = head + i as u16;
-            let last = i + 1 == descs.len();
-            let flags = if last { flags } else { flags | NEXT };
-            self.store(idx, addr, len, flags, idx + 1);
-        }
-        self.next_desc += n;
-        self.make_available(head);
-        head
-    }
-
-    fn make_available(&self, head: u16) {
-        let idx = self.avail.idx().load();
-        self.avail
-            .ring()
-            .ref_at(usize::from(idx % QSIZE))
-            .unwrap()
-            .store(head);
-        self.avail.idx().store(idx.wrapping_add(1));
-    }
-
-    fn used_idx(&self) -> u16 {
-        self.used_ring.idx().load()
-    }
-
-    fn used(&self, i: u16) -> (u32, u32) {
-        let e = self
-            .used_ring
-            .ring()
-            .ref_at(usize::from(i % QSIZE))
-            .unwrap()
-            .load();
-        (e.id(), e.len())
-    }
-
-    fn used_flags(&self) -> u16 {
-        self.mem.read_obj(GuestAddress(self.base + 0x2000)).unwrap()
-    }
-
-    /// Sets `used_event` (EVENT_IDX): the driver wants an interrupt after that used index.
-    fn set_used_event(&self, v: u16) {
-        self.mem
-            .write_obj(
-                v,
-                GuestAddress(self.base + 0x1000 + 4 + 2 * u64::from(QSIZE)),
-            )
-            .unwrap();
-    }
-}
+/// The driver side of one of the queues.
+type Driver<'a> = DriverQueue<'a>;
 
 fn vnet_hdr(flags: u8, gso_type: u8, hdr_len: u16, gso_size: u16, cs: u16, co: u16) -> Vec<u8> {
     let mut h = vec![flags, gso_type];
@@ -297,7 +201,7 @@ fn guest_features_become_tap_offloads() {
 #[test]
 fn tx_frame_reaches_the_backend_byte_exact() {
     let mem = guest_memory();
-    let mut d = Driver::new(&mem, TXQ_BASE);
+    let mut d = Driver::new(&mem, TXQ);
     let (mut p, h, stats) = processor(ALL);
 
     // Header and frame in one descriptor.
@@ -362,7 +266,7 @@ fn tx_frame_reaches_the_backend_byte_exact() {
 #[test]
 fn tx_gso_header_passes_through_when_negotiated() {
     let mem = guest_memory();
-    let mut d = Driver::new(&mem, TXQ_BASE);
+    let mut d = Driver::new(&mem, TXQ);
     let (mut p, h, stats) = processor(ALL);
     let frame = eth_frame(60_000, 3);
     let mut whole = vnet_hdr(
@@ -607,7 +511,7 @@ fn tx_malformed_chains_are_dropped_and_counted() {
         ),
     ];
     for (name, features, setup) in cases {
-        let mut d = Driver::new(&mem, TXQ_BASE);
+        let mut d = Driver::new(&mem, TXQ);
         let (mut p, h, stats) = processor(features);
         setup(&mut d);
         let run = tx(&mut p, &mut d);
@@ -640,7 +544,7 @@ fn tx_chains_longer_than_uio_maxiov_are_dropped() {
     frame.extend_from_slice(&eth_frame(MAX_TX_SEGMENTS + 1, 3));
     mem.write_slice(&frame, GuestAddress(BUF)).unwrap();
     let (mut p, h, stats) = processor(ALL);
-    let mut d = Driver::new(&mem, TXQ_BASE);
+    let mut d = Driver::new(&mem, TXQ);
     for n in [MAX_TX_SEGMENTS + 1, MAX_TX_SEGMENTS] {
         // n descriptors: the header, then one byte each, then the rest of the frame.
         let table = DescriptorTable::new(&mem, GuestAddress(INDIRECT_TABLE), n as u16);
@@ -673,7 +577,7 @@ fn tx_chains_longer_than_uio_maxiov_are_dropped() {
 #[test]
 fn tx_backend_errors_are_counted_as_dropped() {
     let mem = guest_memory();
-    let mut d = Driver::new(&mem, TXQ_BASE);
+    let mut d = Driver::new(&mem, TXQ);
     let (mut p, h, stats) = processor(ALL);
     let len = put_small_tx_frame(&mem);
     h.with(|s| s.send_errno = Some(libc::EIO));
@@ -688,7 +592,7 @@ fn tx_backend_errors_are_counted_as_dropped() {
 #[test]
 fn tx_budget_and_notification_suppression() {
     let mem = guest_memory();
-    let mut d = Driver::new(&mem, TXQ_BASE);
+    let mut d = Driver::new(&mem, TXQ);
     let (mut p, h, _) = processor(NO_OFFLOADS);
     let len = put_small_tx_frame(&mem);
     for _ in 0..5 {
@@ -710,7 +614,7 @@ fn tx_budget_and_notification_suppression() {
 #[test]
 fn tx_event_idx_suppresses_interrupts() {
     let mem = guest_memory();
-    let mut d = Driver::new(&mem, TXQ_BASE);
+    let mut d = Driver::new(&mem, TXQ);
     d.queue.set_event_idx(true);
     let (mut p, _h, _) = processor(ALL);
     let len = put_small_tx_frame(&mem);
@@ -744,7 +648,7 @@ fn used_idx_at(mem: &GuestMemoryMmap, base: u64) -> u16 {
 #[test]
 fn tx_completes_and_notifies_each_frame_as_it_is_sent() {
     let mem = guest_memory();
-    let mut d = Driver::new(&mem, TXQ_BASE);
+    let mut d = Driver::new(&mem, TXQ);
     let (mut p, h, _) = processor(NO_OFFLOADS);
     let len = put_small_tx_frame(&mem);
     for _ in 0..3 {
@@ -800,7 +704,7 @@ fn with_num_buffers(f: &[u8], n: u16) -> Vec<u8> {
 #[test]
 fn rx_frame_lands_in_guest_buffers_with_the_header() {
     let mem = guest_memory();
-    let mut d = Driver::new(&mem, RXQ_BASE);
+    let mut d = Driver::new(&mem, RXQ);
     let (mut p, h, stats) = processor(NO_OFFLOADS);
     let f = rx_frame(1514, 5);
     h.push_rx(f.clone());
@@ -822,7 +726,7 @@ fn rx_frame_lands_in_guest_buffers_with_the_header() {
 #[test]
 fn rx_mergeable_buffers_carry_num_buffers() {
     let mem = guest_memory();
-    let mut d = Driver::new(&mem, RXQ_BASE);
+    let mut d = Driver::new(&mem, RXQ);
     let (mut p, h, stats) = processor(ALL);
     let f = rx_frame(3000, 8);
     h.push_rx(f.clone());
@@ -856,7 +760,7 @@ fn rx_never_writes_past_the_guest_buffers() {
     let mem = guest_memory();
     let canary = vec![0xa5u8; 0x3000];
     mem.write_slice(&canary, GuestAddress(BUF)).unwrap();
-    let mut d = Driver::new(&mem, RXQ_BASE);
+    let mut d = Driver::new(&mem, RXQ);
     let (mut p, h, _) = processor(ALL);
     // Three buffers of 100, 50 and 1000 bytes inside the canary area.
     d.add(&[(BUF + 0x100, 100, WRITE)]);
@@ -885,7 +789,7 @@ fn rx_never_writes_past_the_guest_buffers() {
 fn rx_too_small_buffers_drop_the_frame() {
     let mem = guest_memory();
     mem.write_slice(&[0xa5; 0x1000], GuestAddress(BUF)).unwrap();
-    let mut d = Driver::new(&mem, RXQ_BASE);
+    let mut d = Driver::new(&mem, RXQ);
     let (mut p, h, stats) = processor(NO_OFFLOADS);
     let head = d.add(&[(BUF, 1000, WRITE)]);
     h.push_rx(rx_frame(1500, 0));
@@ -898,7 +802,7 @@ fn rx_too_small_buffers_drop_the_frame() {
 
     // With MRG_RXBUF: even the whole ring is not enough for a 64 KiB frame of 16-byte
     // buffers: the frame is dropped, the buffers kept for the next (small) frame.
-    let mut d = Driver::new(&mem, RXQ_BASE);
+    let mut d = Driver::new(&mem, RXQ);
     let (mut p, h, stats) = processor(ALL);
     for i in 0..QSIZE {
         d.add(&[(BUF + u64::from(i) * 16, 16, WRITE)]);
@@ -924,7 +828,7 @@ fn rx_too_small_buffers_drop_the_frame() {
 #[test]
 fn rx_without_buffers_stops_reading_the_backend_until_refilled() {
     let mem = guest_memory();
-    let mut d = Driver::new(&mem, RXQ_BASE);
+    let mut d = Driver::new(&mem, RXQ);
     let (mut p, h, stats) = processor(NO_OFFLOADS);
     let f1 = rx_frame(200, 1);
     let f2 = rx_frame(300, 2);
@@ -959,7 +863,7 @@ fn rx_without_buffers_stops_reading_the_backend_until_refilled() {
 #[test]
 fn rx_malformed_chains_are_returned_unused() {
     let mem = guest_memory();
-    let mut d = Driver::new(&mem, RXQ_BASE);
+    let mut d = Driver::new(&mem, RXQ);
     let (mut p, h, stats) = processor(ALL);
     let f = rx_frame(100, 0);
     h.push_rx(f.clone());
@@ -981,7 +885,7 @@ fn rx_malformed_chains_are_returned_unused() {
 #[test]
 fn rx_budget_bounds_the_work() {
     let mem = guest_memory();
-    let mut d = Driver::new(&mem, RXQ_BASE);
+    let mut d = Driver::new(&mem, RXQ);
     let (mut p, h, _) = processor(NO_OFFLOADS);
     for i in 0..5 {
         h.push_rx(rx_frame(60, i));
@@ -996,7 +900,7 @@ fn rx_budget_bounds_the_work() {
 #[test]
 fn rx_event_idx_interrupts() {
     let mem = guest_memory();
-    let mut d = Driver::new(&mem, RXQ_BASE);
+    let mut d = Driver::new(&mem, RXQ);
     d.queue.set_event_idx(true);
     let (mut p, h, _) = processor(ALL);
     d.set_used_event(1);
@@ -1063,12 +967,12 @@ impl Guest {
         let queues = vec![
             QueueActivation {
                 index: 0,
-                queue: Driver::queue_at(RXQ_BASE),
+                queue: RXQ.ready_queue(),
                 notify: self.rx_notify.try_clone().unwrap(),
             },
             QueueActivation {
                 index: 1,
-                queue: Driver::queue_at(TXQ_BASE),
+                queue: TXQ.ready_queue(),
                 notify: self.tx_notify.try_clone().unwrap(),
             },
         ];
@@ -1117,8 +1021,8 @@ fn worker_moves_frames_both_ways_and_survives_reset() {
     });
 
     for round in 0..2u8 {
-        let mut txd = Driver::new(&g.mem, TXQ_BASE);
-        let mut rxd = Driver::new(&g.mem, RXQ_BASE);
+        let mut txd = Driver::new(&g.mem, TXQ);
+        let mut rxd = Driver::new(&g.mem, RXQ);
         // TX: guest → back-end.
         let mut w = vnet_hdr(0, 0, 0, 0, 0, 0);
         w.extend_from_slice(&eth_frame(1000, round));
@@ -1210,7 +1114,7 @@ fn activate_rejects_missing_queues_and_keeps_the_backend() {
     let mut dev = VirtioNet::new(Box::new(b), MAC);
     let only_rx = vec![QueueActivation {
         index: 0,
-        queue: Driver::queue_at(RXQ_BASE),
+        queue: RXQ.ready_queue(),
         notify: g.rx_notify.try_clone().unwrap(),
     }];
     let e = dev
@@ -1222,7 +1126,7 @@ fn activate_rejects_missing_queues_and_keeps_the_backend() {
         .unwrap_err();
     assert!(e.to_string().contains("queue"), "{e}");
     // A queue with rings outside guest memory.
-    let mut bad = Driver::queue_at(RXQ_BASE);
+    let mut bad = RXQ.ready_queue();
     bad.try_set_used_ring_address(GuestAddress(MEM_LEN as u64 + 0x1000))
         .unwrap();
     let queues = vec![
@@ -1233,7 +1137,7 @@ fn activate_rejects_missing_queues_and_keeps_the_backend() {
         },
         QueueActivation {
             index: 1,
-            queue: Driver::queue_at(TXQ_BASE),
+            queue: TXQ.ready_queue(),
             notify: g.tx_notify.try_clone().unwrap(),
         },
     ];
@@ -1275,7 +1179,7 @@ fn tap_round_trip_through_the_device_in_a_private_netns() {
         // Without EVENT_IDX: every used buffer interrupts (the test polls the rings anyway).
         dev.set_acked_features(ALL & !(1 << virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX));
         g.activate(&mut dev);
-        let mut rxd = Driver::new(&g.mem, RXQ_BASE);
+        let mut rxd = Driver::new(&g.mem, RXQ);
         for i in 0..8 {
             rxd.add(&[(BUF2 + i * 0x1000, 4096, WRITE)]);
         }
@@ -1287,7 +1191,7 @@ fn tap_round_trip_through_the_device_in_a_private_netns() {
         let mut w = vnet_hdr(0, 0, 0, 0, 0, 0);
         w.extend_from_slice(&f);
         g.mem.write_slice(&w, GuestAddress(BUF)).unwrap();
-        let mut txd = Driver::new(&g.mem, TXQ_BASE);
+        let mut txd = Driver::new(&g.mem, TXQ);
         txd.add(&[(BUF, 12, 0), (BUF + 12, f.len() as u32, 0)]);
         g.tx_notify.write(1).unwrap();
         let mut buf = [0u8; 2048];

@@ -129,7 +129,7 @@ fn a_cached_read_completes_on_the_worker() {
     let dev = observed_device(&env, &gate);
     let mut p = dev.threaded_request_processor(2, QSIZE).unwrap();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
 
     // Data just written through the device is in the page cache.
     let data: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8 ^ 0xa5).collect();
@@ -196,7 +196,7 @@ fn an_uncached_read_goes_to_the_io_threads() {
     until_it_reaches_a_thread(|env, dev| {
         let mut p = dev.threaded_request_processor(2, QSIZE).unwrap();
         let mem = guest_memory();
-        let mut d = Driver::new(&mem);
+        let mut d = Driver::new(&mem, RINGS);
         // Nothing cached: RWF_NOWAIT answers EAGAIN.
         clear_slot(&d, 0);
         let read = add_read(&mut d, 0, 0, 4096);
@@ -213,7 +213,7 @@ fn a_partly_cached_read_goes_to_the_io_threads_whole() {
     until_it_reaches_a_thread(|env, dev| {
         let mut p = dev.threaded_request_processor(2, QSIZE).unwrap();
         let mem = guest_memory();
-        let mut d = Driver::new(&mem);
+        let mut d = Driver::new(&mem, RINGS);
         // Only the first of two pages cached: RWF_NOWAIT returns a short count, and the
         // whole read is done again on an I/O thread.
         cache_page(&env.path, 16 * 512);
@@ -242,7 +242,7 @@ fn a_cached_read_served_again_after_an_uncached_one() {
     let dev = observed_device(&env, &gate);
     let mut p = dev.threaded_request_processor(2, QSIZE).unwrap();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     // Whichever way the first read went, it left its data in the page cache.
     add_read(&mut d, 0, 0, 4096);
     drain(&mut d, &mut p);
@@ -271,7 +271,7 @@ fn a_short_cached_read_goes_to_the_io_threads() {
     let dev = observed_device(&env, &gate);
     let mut p = dev.threaded_request_processor(2, QSIZE).unwrap();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     fs::OpenOptions::new()
         .write(true)
         .open(&env.path)
@@ -311,7 +311,7 @@ fn a_file_system_without_rwf_nowait_is_not_tried_again() {
     let dev = observed_device(&env, &gate);
     let mut p = dev.threaded_request_processor(2, QSIZE).unwrap();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
 
     assert!(dev.disk().tries_cached_reads());
     let first = add_read(&mut d, 0, 0, 4096);
@@ -353,7 +353,7 @@ fn an_o_direct_disk_reads_through_the_io_threads() {
     assert!(!dev.disk().tries_cached_reads());
     let mut p = dev.threaded_request_processor(2, QSIZE).unwrap();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     clear_slot(&d, 0);
     let read = add_read(&mut d, 0, 8, 4096);
     drain(&mut d, &mut p);
@@ -394,7 +394,7 @@ fn only_reads_up_to_the_size_limit_are_served_on_the_worker() {
     let dev = observed_device(&env, &gate);
     let mut p = dev.threaded_request_processor(2, QSIZE).unwrap();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     let buf = 0x10_0000u64;
     for (len, on_worker) in [(max, true), (max + 4096, false)] {
         // All of it in the page cache.
@@ -424,7 +424,7 @@ fn flush_still_waits_with_cached_reads_around_it() {
     let dev = observed_device(&env, &gate);
     let mut p = dev.threaded_request_processor(2, QSIZE).unwrap();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
 
     // A write (held in its I/O thread), a cached read, a FLUSH, another cached read.
     let write = add_write(&mut d, 0, 40, &[0x3cu8; 4096]);

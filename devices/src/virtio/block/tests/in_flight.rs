@@ -132,7 +132,7 @@ fn requests_complete_out_of_order() {
     let dev = gated_device(&env, &gate, 4);
     let mut p = dev.threaded_request_processor(4, QSIZE).unwrap();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
 
     let heads: Vec<u16> = (0..3).map(|i| add_read(&mut d, i)).collect();
     gate.hold(heads[0]);
@@ -183,7 +183,7 @@ fn requests_run_in_parallel() {
     let dev = gated_device(&env, &gate, 4);
     let mut p = dev.threaded_request_processor(4, QSIZE).unwrap();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     // Each job waits at the gate until four are there: four threads at once, or a timeout.
     gate.state.lock().unwrap().rendezvous = Some(4);
     for i in 0..4 {
@@ -204,7 +204,7 @@ fn flush_waits_for_the_requests_before_it() {
     let dev = gated_device(&env, &gate, 4);
     let mut p = dev.threaded_request_processor(4, QSIZE).unwrap();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
 
     // A write, a FLUSH, then a read.
     let data = vec![0x77u8; 512];
@@ -252,7 +252,7 @@ fn an_io_error_in_an_io_thread_is_ioerr() {
     let dev = env.device(false);
     let mut p = dev.threaded_request_processor(2, QSIZE).unwrap();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     // The image shrinks behind the device's back: reads past the new end fail in preadv.
     fs::OpenOptions::new()
         .write(true)
@@ -279,7 +279,7 @@ fn every_request_type_through_the_io_threads() {
     let dev = env.device(false);
     let mut p = dev.threaded_request_processor(3, QSIZE).unwrap();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     let mut one = |d: &mut Driver, t: u32, sector: u64, descs: &[(u64, u32, u16)]| {
         header(&mem, HDR, t, sector);
         mem.write_obj(NO_STATUS, GuestAddress(STATUS)).unwrap();
@@ -330,7 +330,7 @@ fn in_flight_requests_are_bounded_by_the_queue_size() {
     let dev = gated_device(&env, &gate, 4);
     let mut p = dev.threaded_request_processor(4, QSIZE).unwrap();
     let mem = guest_memory();
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     // A driver cannot have more than QSIZE requests outstanding, but a hostile one can make the
     // same chain available again before it was used.
     let head = add_read(&mut d, 0);
@@ -368,7 +368,7 @@ fn reset_with_requests_in_flight() {
     let atomic = VmGuestMemoryAtomic::from(mem.clone());
     let irq = Arc::new(TestInterrupt::default());
 
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     let notify = EventFd::new(EFD_NONBLOCK).unwrap();
     let queue = std::mem::replace(&mut d.queue, Queue::new(QSIZE).unwrap());
     dev.activate(
@@ -412,7 +412,7 @@ fn reset_with_requests_in_flight() {
     assert!(irq.count.lock().unwrap().is_empty());
 
     // A new activation on fresh rings sees only its own requests.
-    let mut d = Driver::new(&mem);
+    let mut d = Driver::new(&mem, RINGS);
     mem.write_obj(0u16, GuestAddress(AVAIL + 2)).unwrap();
     mem.write_obj(0u16, GuestAddress(USED + 2)).unwrap();
     let notify = EventFd::new(EFD_NONBLOCK).unwrap();
