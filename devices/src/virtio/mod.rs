@@ -2,10 +2,14 @@
 pub mod block;
 #[cfg(test)]
 mod driver_queue;
+#[doc(hidden)]
+#[cfg(any(test, feature = "fuzz"))]
+pub mod fuzz_guest;
 pub mod net;
 pub mod pci_transport;
-#[cfg(test)]
-mod queue_layout;
+#[doc(hidden)]
+#[cfg(any(test, feature = "fuzz"))]
+pub mod queue_layout;
 use std::sync::Arc;
 
 pub use pci_transport::{VirtioPciDevice, VirtioPciError};

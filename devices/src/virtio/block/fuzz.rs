@@ -1,23 +1,11 @@
 //! Fuzzing harness for the virtio-blk request path (used by `fuzz/fuzz_targets/block_request.rs`
 //! and by the seed-corpus replay test).
 //!
-//! The input is a guest: byte 0 holds flags, byte 1 the queue size, and the rest is the content
-//! of guest memory, which holds the descriptor table, both rings, the request headers and data.
-//! The queue is then served by the real [`RequestProcessor`] against a small temporary image,
-//! with the file I/O run inline (the I/O threads would only make runs non-deterministic; what
-//! they run is the same `Job` code).
-//!
-//! Guest memory is two regions with a hole between them, so buffers that straddle regions or
-//! fall into the hole are exercised:
-//!
-//! | guest address | content |
-//! |---|---|
-//! | 0x0000 | descriptor table (up to 16 entries) |
-//! | 0x0100 | available ring (`idx` at 0x102, ring at 0x104, `used_event` after it) |
-//! | 0x0200 | used ring |
-//! | 0x0300-0x3fff | free for headers, data, indirect tables |
-//! | 0x4000-0x4fff | hole (no memory) |
-//! | 0x5000-0x5fff | second region |
+//! The input is a guest as [`crate::virtio::fuzz_guest`] lays it out: flags, queue size and
+//! the content of guest memory, which holds the descriptor table, both rings, the request
+//! headers and data. The queue is then served by the real [`RequestProcessor`] against a small
+//! temporary image, with the file I/O run inline (the I/O threads would only make runs
+//! non-deterministic; what they run is the same `Job` code).
 
 use std::fs::OpenOptions;
 use std::path::PathBuf;
@@ -26,29 +14,17 @@ use std::sync::{Arc, OnceLock};
 
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_F_DISCARD, VIRTIO_BLK_F_WRITE_ZEROES};
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX;
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::pool::Executor;
 use super::{BlockStats, BlockStatsSnapshot, DiskImage, RequestProcessor, ID_BYTES};
 use crate::log_once::LogOnce;
-use crate::virtio::GuestMemoryMmap;
+pub use crate::virtio::fuzz_guest::FLAG_EVENT_IDX;
+use crate::virtio::fuzz_guest::{FuzzGuest, InputBuilder, USED_RING};
 
-/// Guest address of the descriptor table.
-pub const DESC_TABLE: u64 = 0x0;
-/// Guest address of the available ring.
-pub const AVAIL_RING: u64 = 0x100;
-/// Guest address of the used ring.
-pub const USED_RING: u64 = 0x200;
-/// First region: [0, REGION0_LEN).
-pub const REGION0_LEN: usize = 0x4000;
-/// Second region: [REGION1_START, REGION1_START + REGION1_LEN).
-pub const REGION1_START: u64 = 0x5000;
-pub const REGION1_LEN: usize = 0x1000;
 /// Image size (128 sectors).
 pub const IMAGE_LEN: u64 = 64 * 1024;
-/// Input flag: the driver negotiated VIRTIO_RING_F_EVENT_IDX.
-pub const FLAG_EVENT_IDX: u8 = 1;
 /// Input flag: use the read-only image.
 pub const FLAG_READONLY: u8 = 2;
 /// Input flag: the driver negotiated DISCARD and WRITE_ZEROES.
@@ -90,23 +66,10 @@ fn image(readonly: bool) -> Arc<DiskImage> {
 /// Runs one fuzz input through the request path and returns the device counters. Panics only
 /// on a bug.
 pub fn run(data: &[u8]) -> BlockStatsSnapshot {
-    if data.len() < 2 {
+    let Some(guest) = FuzzGuest::from_input(data) else {
         return BlockStatsSnapshot::default();
-    }
-    let flags = data[0];
-    let size = 1u16 << (data[1] % 5); // 1..=16
-    let mem = GuestMemoryMmap::from_ranges(&[
-        (GuestAddress(0), REGION0_LEN),
-        (GuestAddress(REGION1_START), REGION1_LEN),
-    ])
-    .expect("guest memory");
-    let content = &data[2..];
-    let (a, b) = content.split_at(content.len().min(REGION0_LEN));
-    mem.write_slice(a, GuestAddress(0)).expect("region 0");
-    let b = &b[..b.len().min(REGION1_LEN)];
-    mem.write_slice(b, GuestAddress(REGION1_START))
-        .expect("region 1");
-
+    };
+    let flags = guest.flags;
     let mut acked = 0u64;
     if flags & FLAG_EVENT_IDX != 0 {
         acked |= 1 << VIRTIO_RING_F_EVENT_IDX;
@@ -126,16 +89,8 @@ pub fn run(data: &[u8]) -> BlockStatsSnapshot {
         Arc::new(LogOnce::new("fuzz")),
         Executor::inline(disk),
     );
-    let mem = Arc::new(mem);
-
-    let mut queue = Queue::new(16).expect("queue");
-    queue.set_size(size);
-    queue.set_desc_table_address(Some(DESC_TABLE as u32), Some(0));
-    queue.set_avail_ring_address(Some(AVAIL_RING as u32), Some(0));
-    queue.set_used_ring_address(Some(USED_RING as u32), Some(0));
-    queue.set_event_idx(flags & FLAG_EVENT_IDX != 0);
-    queue.set_ready(true);
-    assert!(queue.is_valid(&*mem));
+    let mut queue = guest.queue();
+    let mem = Arc::new(guest.mem);
 
     // Twice: the second pass sees the state (next_avail, used ring, notification fields) the
     // first one left.
@@ -157,82 +112,12 @@ pub fn run(data: &[u8]) -> BlockStatsSnapshot {
     stats.snapshot()
 }
 
-/// Builds fuzz inputs by hand (for the seed corpus and tests).
-#[derive(Debug, Clone)]
-pub struct InputBuilder {
-    flags: u8,
-    size_sel: u8,
-    mem: Vec<u8>,
-    heads: Vec<u16>,
-}
-
-/// One descriptor: address, length, flags (VRING_DESC_F_*), next.
-pub type RawDesc = (u64, u32, u16, u16);
-
-impl InputBuilder {
-    pub fn new(flags: u8) -> Self {
-        InputBuilder {
-            flags,
-            size_sel: 4,
-            mem: vec![0; REGION0_LEN + REGION1_LEN],
-            heads: Vec::new(),
-        }
-    }
-
-    /// Writes `bytes` at guest address `addr` (in either region).
-    pub fn write(&mut self, addr: u64, bytes: &[u8]) -> &mut Self {
-        let off = if addr >= REGION1_START {
-            (addr - REGION1_START) as usize + REGION0_LEN
-        } else {
-            addr as usize
-        };
-        self.mem[off..off + bytes.len()].copy_from_slice(bytes);
-        self
-    }
-
-    /// Writes descriptor `index` of the table at `table`.
-    pub fn desc_at(&mut self, table: u64, index: u16, d: RawDesc) -> &mut Self {
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&d.0.to_le_bytes());
-        raw[8..12].copy_from_slice(&d.1.to_le_bytes());
-        raw[12..14].copy_from_slice(&d.2.to_le_bytes());
-        raw[14..16].copy_from_slice(&d.3.to_le_bytes());
-        self.write(table + u64::from(index) * 16, &raw)
-    }
-
-    pub fn desc(&mut self, index: u16, d: RawDesc) -> &mut Self {
-        self.desc_at(DESC_TABLE, index, d)
-    }
-
-    /// Makes `head` available.
-    pub fn avail(&mut self, head: u16) -> &mut Self {
-        self.heads.push(head);
-        self
-    }
-
-    /// Writes a request header at `addr`.
-    pub fn header(&mut self, addr: u64, req_type: u32, sector: u64) -> &mut Self {
-        let mut h = [0u8; 16];
-        h[0..4].copy_from_slice(&req_type.to_le_bytes());
-        h[8..16].copy_from_slice(&sector.to_le_bytes());
-        self.write(addr, &h)
-    }
-
-    pub fn build(&self) -> Vec<u8> {
-        let mut me = self.clone();
-        let n = me.heads.len() as u16;
-        for (i, h) in self.heads.iter().enumerate() {
-            me.write(AVAIL_RING + 4 + 2 * i as u64, &h.to_le_bytes());
-        }
-        me.write(AVAIL_RING + 2, &n.to_le_bytes());
-        let mut out = vec![me.flags, me.size_sel];
-        out.extend_from_slice(&me.mem);
-        // Trailing zeroes add nothing: keep the seeds small.
-        while out.len() > 2 && out.last() == Some(&0) {
-            out.pop();
-        }
-        out
-    }
+/// A request header (type, reserved, sector) as the driver writes it.
+fn request_header(req_type: u32, sector: u64) -> [u8; 16] {
+    let mut h = [0u8; 16];
+    h[0..4].copy_from_slice(&req_type.to_le_bytes());
+    h[8..16].copy_from_slice(&sector.to_le_bytes());
+    h
 }
 
 /// Handcrafted seeds: one per request type and a few malformed chains.
@@ -245,7 +130,7 @@ pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
 
     let simple = |flags: u8, t: u32, sector: u64, data: Option<(u32, bool)>| {
         let mut b = InputBuilder::new(flags);
-        b.header(0x1000, t, sector);
+        b.write(0x1000, &request_header(t, sector));
         let mut i = 0;
         match data {
             Some((len, write)) => {
@@ -302,7 +187,7 @@ pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
 
     // Indirect: head 0 points to a 3-entry table at 0x800.
     let mut ind = InputBuilder::new(0);
-    ind.header(0x1000, VIRTIO_BLK_T_IN, 0)
+    ind.write(0x1000, &request_header(VIRTIO_BLK_T_IN, 0))
         .desc(0, (0x800, 48, INDIRECT, 0))
         .desc_at(0x800, 0, (0x1000, 16, NEXT, 1))
         .desc_at(0x800, 1, (0x2000, 512, NEXT | WRITE, 2))
@@ -312,7 +197,7 @@ pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
 
     // A loop: 0 -> 1 -> 0 -> ...
     let mut lp = InputBuilder::new(0);
-    lp.header(0x1000, VIRTIO_BLK_T_IN, 0)
+    lp.write(0x1000, &request_header(VIRTIO_BLK_T_IN, 0))
         .desc(0, (0x1000, 16, NEXT, 1))
         .desc(1, (0x3000, 1, NEXT | WRITE, 0))
         .avail(0);
@@ -320,7 +205,7 @@ pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
 
     // Data buffer straddling the hole between the regions; second chain reads into region 1.
     let mut hole = InputBuilder::new(FLAG_EVENT_IDX);
-    hole.header(0x1000, VIRTIO_BLK_T_IN, 0)
+    hole.write(0x1000, &request_header(VIRTIO_BLK_T_IN, 0))
         .desc(0, (0x1000, 16, NEXT, 1))
         .desc(1, (0x3e00, 1024, NEXT | WRITE, 2))
         .desc(2, (0x3000, 1, WRITE, 0))
@@ -337,6 +222,7 @@ pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::virtio::fuzz_guest::{REGION0_LEN, REGION1_LEN};
 
     fn corpus_dir() -> PathBuf {
         crate::fuzz_corpus::dir("block_request")
