@@ -92,6 +92,34 @@ impl Env {
         dev
     }
 
+    /// A device on the image opened with O_DIRECT and `io_threads` I/O threads; `None`, said on
+    /// stderr as the reason the test is skipped, where the file system has no O_DIRECT.
+    fn direct_device(&self, io_threads: usize) -> Option<VirtioBlk> {
+        match VirtioBlk::new(DiskConfig {
+            direct: true,
+            io_threads,
+            ..self.cfg()
+        }) {
+            Ok(dev) => Some(dev),
+            Err(BlockError::DirectUnsupported { .. }) => {
+                eprintln!("skipped: no O_DIRECT on {}", self.dir.path().display());
+                None
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// Truncates the image to `len` bytes behind the device's back: reads past the new end fail
+    /// in the I/O.
+    fn shrink(&self, len: u64) {
+        fs::OpenOptions::new()
+            .write(true)
+            .open(&self.path)
+            .unwrap()
+            .set_len(len)
+            .unwrap();
+    }
+
     fn file_bytes(&self, offset: u64, len: usize) -> Vec<u8> {
         let mut buf = vec![0; len];
         File::open(&self.path)
@@ -1121,16 +1149,8 @@ fn run_one(
 #[test]
 fn direct_io_with_unaligned_buffers() {
     let env = Env::with_len(256 * 512);
-    let mut dev = match VirtioBlk::new(DiskConfig {
-        direct: true,
-        ..env.cfg()
-    }) {
-        Ok(d) => d,
-        Err(BlockError::DirectUnsupported { .. }) => {
-            eprintln!("skipped: no O_DIRECT on {}", env.dir.path().display());
-            return;
-        }
-        Err(e) => panic!("{e}"),
+    let Some(mut dev) = env.direct_device(DEFAULT_IO_THREADS) else {
+        return;
     };
     dev.set_acked_features(dev.device_features());
     let mem = guest_memory();
@@ -1272,6 +1292,27 @@ impl TestInterrupt {
     }
 }
 
+/// Activates `dev` with `queue` as its request queue, notified on `notify`: what the transport
+/// does when the driver sets DRIVER_OK.
+fn activate_request_queue(
+    dev: &mut VirtioBlk,
+    mem: crate::virtio::GuestMemoryAtomic,
+    irq: &Arc<TestInterrupt>,
+    queue: Queue,
+    notify: &EventFd,
+) {
+    dev.activate(
+        mem,
+        irq.clone(),
+        vec![QueueActivation {
+            index: 0,
+            queue,
+            notify: notify.try_clone().unwrap(),
+        }],
+    )
+    .unwrap();
+}
+
 #[test]
 fn worker_activate_notify_complete_reset_reactivate() {
     crate::worker_hook::recorder::install();
@@ -1289,16 +1330,7 @@ fn worker_activate_notify_complete_reset_reactivate() {
         let notify = EventFd::new(EFD_NONBLOCK).unwrap();
         let queue = std::mem::replace(&mut d.queue, Queue::new(QSIZE).unwrap());
         dev.set_acked_features(dev.device_features());
-        dev.activate(
-            atomic.clone(),
-            irq.clone(),
-            vec![QueueActivation {
-                index: 0,
-                queue,
-                notify: notify.try_clone().unwrap(),
-            }],
-        )
-        .unwrap();
+        activate_request_queue(&mut dev, atomic.clone(), &irq, queue, &notify);
         assert!(dev.is_active());
 
         let data = vec![0x40 + round as u8; 1024];
@@ -1359,16 +1391,7 @@ fn worker_serves_requests_queued_before_activation() {
         d.add(&[(HDR, 16, 0), (STATUS, 1, WRITE)]);
     }
     notify.write(1).unwrap();
-    dev.activate(
-        atomic,
-        irq.clone(),
-        vec![QueueActivation {
-            index: 0,
-            queue,
-            notify: notify.try_clone().unwrap(),
-        }],
-    )
-    .unwrap();
+    activate_request_queue(&mut dev, atomic, &irq, queue, &notify);
     irq.wait_for(1);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while d.used_idx() != QSIZE / 2 {

@@ -39,6 +39,19 @@ fn nowait_supported(path: &Path) -> bool {
     unsafe { libc::preadv2(f.as_raw_fd(), &iov, 1, 0, libc::RWF_NOWAIT) >= 0 }
 }
 
+/// Whether `env`'s file system lacks RWF_NOWAIT reads, which the tests of the cached path need:
+/// then says on stderr that the test is skipped.
+fn lacks_nowait_reads(env: &Env) -> bool {
+    if nowait_supported(&env.path) {
+        return false;
+    }
+    eprintln!(
+        "skipped: no RWF_NOWAIT reads on {}",
+        env.dir.path().display()
+    );
+    true
+}
+
 /// Writes the image back and drops all of it from the page cache: reading it means waiting for
 /// the disk again.
 fn evict(path: &Path) {
@@ -118,11 +131,7 @@ fn clear_slot(d: &Driver, slot: u64) {
 #[test]
 fn a_cached_read_completes_on_the_worker() {
     let env = Env::new();
-    if !nowait_supported(&env.path) {
-        eprintln!(
-            "skipped: no RWF_NOWAIT reads on {}",
-            env.dir.path().display()
-        );
+    if lacks_nowait_reads(&env) {
         return;
     }
     let gate = Gate::new();
@@ -169,11 +178,7 @@ fn a_cached_read_completes_on_the_worker() {
 fn until_it_reaches_a_thread(attempt: impl Fn(&Env, &VirtioBlk) -> u16) {
     for _ in 0..10 {
         let env = Env::new();
-        if !nowait_supported(&env.path) {
-            eprintln!(
-                "skipped: no RWF_NOWAIT reads on {}",
-                env.dir.path().display()
-            );
+        if lacks_nowait_reads(&env) {
             return;
         }
         evict(&env.path);
@@ -230,11 +235,7 @@ fn a_partly_cached_read_goes_to_the_io_threads_whole() {
 #[test]
 fn a_cached_read_served_again_after_an_uncached_one() {
     let env = Env::new();
-    if !nowait_supported(&env.path) {
-        eprintln!(
-            "skipped: no RWF_NOWAIT reads on {}",
-            env.dir.path().display()
-        );
+    if lacks_nowait_reads(&env) {
         return;
     }
     evict(&env.path);
@@ -260,11 +261,7 @@ fn a_short_cached_read_goes_to_the_io_threads() {
     // Deterministic short count: the image shrinks behind the device's back, so only 2 KiB of
     // a cached 4 KiB read exist; the I/O thread's read then fails as before the cached path.
     let env = Env::new();
-    if !nowait_supported(&env.path) {
-        eprintln!(
-            "skipped: no RWF_NOWAIT reads on {}",
-            env.dir.path().display()
-        );
+    if lacks_nowait_reads(&env) {
         return;
     }
     let gate = Gate::new();
@@ -272,12 +269,7 @@ fn a_short_cached_read_goes_to_the_io_threads() {
     let mut p = dev.threaded_request_processor(2, QSIZE).unwrap();
     let mem = guest_memory();
     let mut d = Driver::new(&mem, RINGS);
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&env.path)
-        .unwrap()
-        .set_len(4 * 512)
-        .unwrap();
+    env.shrink(4 * 512);
     let read = add_read(&mut d, 0, 0, 4096);
     drain(&mut d, &mut p);
     assert_eq!(gate.started(), vec![read]);
@@ -335,17 +327,8 @@ fn a_file_system_without_rwf_nowait_is_not_tried_again() {
 fn an_o_direct_disk_reads_through_the_io_threads() {
     let env = Env::new();
     let gate = Gate::new();
-    let mut dev = match VirtioBlk::new(DiskConfig {
-        direct: true,
-        io_threads: 2,
-        ..env.cfg()
-    }) {
-        Ok(dev) => dev,
-        Err(BlockError::DirectUnsupported { .. }) => {
-            eprintln!("skipped: no O_DIRECT on {}", env.dir.path().display());
-            return;
-        }
-        Err(e) => panic!("{e}"),
+    let Some(mut dev) = env.direct_device(2) else {
+        return;
     };
     dev.set_acked_features(dev.device_features());
     dev.io_gate = Some(gate.hook());
@@ -383,11 +366,7 @@ fn add_large_read(d: &mut Driver, addr: u64, len: u32) -> u16 {
 fn only_reads_up_to_the_size_limit_are_served_on_the_worker() {
     let max = CACHED_READ_MAX_BYTES as u32;
     let env = Env::with_len(2 * u64::from(max));
-    if !nowait_supported(&env.path) {
-        eprintln!(
-            "skipped: no RWF_NOWAIT reads on {}",
-            env.dir.path().display()
-        );
+    if lacks_nowait_reads(&env) {
         return;
     }
     let gate = Gate::new();
@@ -413,11 +392,7 @@ fn only_reads_up_to_the_size_limit_are_served_on_the_worker() {
 #[test]
 fn flush_still_waits_with_cached_reads_around_it() {
     let env = Env::new();
-    if !nowait_supported(&env.path) {
-        eprintln!(
-            "skipped: no RWF_NOWAIT reads on {}",
-            env.dir.path().display()
-        );
+    if lacks_nowait_reads(&env) {
         return;
     }
     let gate = Gate::new();

@@ -254,12 +254,7 @@ fn an_io_error_in_an_io_thread_is_ioerr() {
     let mem = guest_memory();
     let mut d = Driver::new(&mem, RINGS);
     // The image shrinks behind the device's back: reads past the new end fail in preadv.
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&env.path)
-        .unwrap()
-        .set_len(4 * 512)
-        .unwrap();
+    env.shrink(4 * 512);
     add_read(&mut d, 0); // sectors 0-7: partly past the new end
     add_read(&mut d, 1); // sectors 8-15: past it
     drain(&mut d, &mut p);
@@ -371,16 +366,7 @@ fn reset_with_requests_in_flight() {
     let mut d = Driver::new(&mem, RINGS);
     let notify = EventFd::new(EFD_NONBLOCK).unwrap();
     let queue = std::mem::replace(&mut d.queue, Queue::new(QSIZE).unwrap());
-    dev.activate(
-        atomic.clone(),
-        irq.clone(),
-        vec![QueueActivation {
-            index: 0,
-            queue,
-            notify: notify.try_clone().unwrap(),
-        }],
-    )
-    .unwrap();
+    activate_request_queue(&mut dev, atomic.clone(), &irq, queue, &notify);
     mem.write_slice(&[0u8; 0x2000], GuestAddress(DATA)).unwrap();
     let running = add_read(&mut d, 0);
     let queued = add_read(&mut d, 1);
@@ -418,16 +404,7 @@ fn reset_with_requests_in_flight() {
     let notify = EventFd::new(EFD_NONBLOCK).unwrap();
     let queue = std::mem::replace(&mut d.queue, Queue::new(QSIZE).unwrap());
     dev.set_acked_features(dev.device_features());
-    dev.activate(
-        atomic,
-        irq.clone(),
-        vec![QueueActivation {
-            index: 0,
-            queue,
-            notify: notify.try_clone().unwrap(),
-        }],
-    )
-    .unwrap();
+    activate_request_queue(&mut dev, atomic, &irq, queue, &notify);
     header(&mem, HDR + 0x100, VIRTIO_BLK_T_FLUSH, 0);
     mem.write_obj(NO_STATUS, GuestAddress(STATUS + 2)).unwrap();
     let flush = d.add(&[(HDR + 0x100, 16, 0), (STATUS + 2, 1, WRITE)]);
