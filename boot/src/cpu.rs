@@ -275,7 +275,7 @@ pub fn filter_cpuid(entries: &mut [kvm_cpuid_entry2], vcpu_index: u8, num_cpus: 
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::gdt::write_gdt;
     use crate::kernel::tests::mem;
@@ -328,7 +328,8 @@ mod tests {
         assert_eq!(lapic_reg(&l, APIC_LVT_LINT1), 0x1_0400);
     }
 
-    fn entry(
+    /// A CPUID entry with these registers (also used by `xsave`'s tests).
+    pub(crate) fn entry(
         function: u32,
         index: u32,
         eax: u32,

@@ -157,25 +157,7 @@ pub fn boot_xcrs(entries: &[kvm_cpuid_entry2]) -> Option<kvm_xcrs> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn entry(
-        function: u32,
-        index: u32,
-        eax: u32,
-        ebx: u32,
-        ecx: u32,
-        edx: u32,
-    ) -> kvm_cpuid_entry2 {
-        kvm_cpuid_entry2 {
-            function,
-            index,
-            eax,
-            ebx,
-            ecx,
-            edx,
-            ..Default::default()
-        }
-    }
+    use crate::cpu::tests::entry;
 
     fn get(v: &[kvm_cpuid_entry2], f: u32, i: u32) -> (u32, u32, u32, u32) {
         let e = find(v, f, i).unwrap();
