@@ -30,3 +30,35 @@ pub fn write_seeds(dir: &Path, seeds: &[(&str, Vec<u8>)]) {
         std::fs::write(dir.join(format!("seed_{name}")), input).unwrap();
     }
 }
+
+/// The two corpus tests of a harness's test module: `corpus_replay` runs `run` on every file of
+/// `fuzz/corpus/<target>` (at least as many as `seeds` has), and the ignored `write_seeds` test
+/// writes `seeds` there. Each harness names its writer (`write_pci_seed_corpus`, ...) so the
+/// command in its doc regenerates that corpus alone.
+macro_rules! corpus_tests {
+    (
+        target: $target:literal,
+        seeds: $seeds:expr,
+        run: $run:expr,
+        write_seeds: $write:ident $(,)?
+    ) => {
+        /// Replays every file of the cargo-fuzz corpus (the handcrafted seeds and anything the
+        /// fuzzer added there), so CI exercises the fuzz target without a nightly toolchain.
+        #[test]
+        fn corpus_replay() {
+            let dir = $crate::fuzz_corpus::dir($target);
+            $crate::fuzz_corpus::replay(&dir, $seeds.len(), |input| {
+                $run(input);
+            });
+        }
+
+        /// Regenerates the seed corpus:
+        #[doc = concat!("`cargo test -p devices ", stringify!($write), " -- --ignored`.")]
+        #[test]
+        #[ignore]
+        fn $write() {
+            $crate::fuzz_corpus::write_seeds(&$crate::fuzz_corpus::dir($target), &$seeds);
+        }
+    };
+}
+pub(crate) use corpus_tests;

@@ -180,11 +180,6 @@ pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn corpus_dir() -> PathBuf {
-        crate::fuzz_corpus::dir("serial")
-    }
 
     #[test]
     fn seeds_do_what_they_say() {
@@ -198,19 +193,10 @@ mod tests {
         assert_eq!((lb.thr_writes, lb.transmitted), (2, 1));
     }
 
-    /// Replays every file of the cargo-fuzz corpus, so CI exercises the fuzz target without a
-    /// nightly toolchain.
-    #[test]
-    fn corpus_replay() {
-        crate::fuzz_corpus::replay(&corpus_dir(), seed_inputs().len(), |input| {
-            run(input);
-        });
-    }
-
-    /// Regenerates the seed corpus: `cargo test -p devices write_serial_seed_corpus -- --ignored`.
-    #[test]
-    #[ignore]
-    fn write_serial_seed_corpus() {
-        crate::fuzz_corpus::write_seeds(&corpus_dir(), &seed_inputs());
-    }
+    crate::fuzz_corpus::corpus_tests!(
+        target: "serial",
+        seeds: seed_inputs(),
+        run: run,
+        write_seeds: write_serial_seed_corpus,
+    );
 }

@@ -290,13 +290,8 @@ mod tests {
     use super::super::tests::{context, data, legacy, tcp_frame};
     use super::super::tx::*;
     use super::*;
-    use std::path::PathBuf;
 
-    fn corpus_dir() -> PathBuf {
-        crate::fuzz_corpus::dir("e1000")
-    }
-
-    fn seeds() -> Vec<(&'static str, Vec<u8>)> {
+    fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
         let frame = tcp_frame([0x52, 0x54, 0, 0x12, 0x34, 0x56], &[0x5a; 200]);
         let t = TX_RING as usize;
         let mut out = Vec::new();
@@ -309,7 +304,7 @@ mod tests {
             )
             .write(TDT, 1)
             .process();
-        out.push(("seed_tx_legacy", b.build()));
+        out.push(("tx_legacy", b.build()));
         // Context + data with TSO.
         let ctx = TxContext {
             ipcss: 14,
@@ -332,7 +327,7 @@ mod tests {
             )
             .write(TDT, 2)
             .process();
-        out.push(("seed_tx_tso", b.build()));
+        out.push(("tx_tso", b.build()));
         // RX: descriptors pointing into both regions and the hole.
         let mut b = InputBuilder::default();
         b.poke(0x8000, &frame);
@@ -344,7 +339,7 @@ mod tests {
             .frame(0x8000, 255)
             .frame(0x8000, 1)
             .process();
-        out.push(("seed_rx", b.build()));
+        out.push(("rx", b.build()));
         // Hostile: ring in the hole, tail past the ring, a chain without EOP.
         let mut b = InputBuilder::default();
         for i in 0..64 {
@@ -359,13 +354,13 @@ mod tests {
             .process()
             .write(RDT, 0xffff)
             .process();
-        out.push(("seed_hostile", b.build()));
+        out.push(("hostile", b.build()));
         out
     }
 
     #[test]
     fn seeds_run() {
-        let s = seeds();
+        let s = seed_inputs();
         let c = run(&s[0].1);
         assert_eq!(c, E1000Counters::default());
         let c = run(&s[3].1);
@@ -377,22 +372,10 @@ mod tests {
         run(&[255]);
     }
 
-    /// Replays every file of the cargo-fuzz corpus.
-    #[test]
-    fn corpus_replay() {
-        crate::fuzz_corpus::replay(&corpus_dir(), 4, |input| {
-            run(input);
-        });
-    }
-
-    /// Regenerates the seeds: `cargo test -p devices e1000_write_seed_corpus -- --ignored`.
-    #[test]
-    #[ignore]
-    fn e1000_write_seed_corpus() {
-        let dir = corpus_dir();
-        std::fs::create_dir_all(&dir).unwrap();
-        for (name, bytes) in seeds() {
-            std::fs::write(dir.join(name), bytes).unwrap();
-        }
-    }
+    crate::fuzz_corpus::corpus_tests!(
+        target: "e1000",
+        seeds: seed_inputs(),
+        run: run,
+        write_seeds: e1000_write_seed_corpus,
+    );
 }

@@ -436,11 +436,6 @@ pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::PathBuf;
-
-    fn corpus_dir() -> PathBuf {
-        crate::fuzz_corpus::dir("pci_config")
-    }
 
     fn config_u32(m: &Machine, slot: u8, reg: u8) -> u32 {
         m.select(slot, reg);
@@ -479,21 +474,12 @@ mod tests {
         assert!(caught.is_err());
     }
 
-    /// Replays every file of the cargo-fuzz corpus, so CI exercises the fuzz target without a
-    /// nightly toolchain.
-    #[test]
-    fn corpus_replay() {
-        crate::fuzz_corpus::replay(&corpus_dir(), seed_inputs().len(), |input| {
-            run(input);
-        });
-    }
-
-    /// Regenerates the seed corpus: `cargo test -p devices write_pci_seed_corpus -- --ignored`.
-    #[test]
-    #[ignore]
-    fn write_pci_seed_corpus() {
-        crate::fuzz_corpus::write_seeds(&corpus_dir(), &seed_inputs());
-    }
+    crate::fuzz_corpus::corpus_tests!(
+        target: "pci_config",
+        seeds: seed_inputs(),
+        run: run,
+        write_seeds: write_pci_seed_corpus,
+    );
 
     #[test]
     fn short_and_empty_inputs() {

@@ -224,10 +224,6 @@ mod tests {
     use super::*;
     use crate::virtio::fuzz_guest::{REGION0_LEN, REGION1_LEN};
 
-    fn corpus_dir() -> PathBuf {
-        crate::fuzz_corpus::dir("block_request")
-    }
-
     /// The seeds reach the paths they were written for.
     #[test]
     fn seeds_do_what_they_say() {
@@ -264,21 +260,12 @@ mod tests {
         );
     }
 
-    /// Replays every file of the cargo-fuzz corpus (the handcrafted seeds and anything the
-    /// fuzzer added there), so CI exercises the fuzz target without a nightly toolchain.
-    #[test]
-    fn corpus_replay() {
-        crate::fuzz_corpus::replay(&corpus_dir(), seed_inputs().len(), |input| {
-            run(input);
-        });
-    }
-
-    /// Regenerates the seed corpus: `cargo test -p devices write_seed_corpus -- --ignored`.
-    #[test]
-    #[ignore]
-    fn write_seed_corpus() {
-        crate::fuzz_corpus::write_seeds(&corpus_dir(), &seed_inputs());
-    }
+    crate::fuzz_corpus::corpus_tests!(
+        target: "block_request",
+        seeds: seed_inputs(),
+        run: run,
+        write_seeds: write_seed_corpus,
+    );
 
     #[test]
     fn short_and_empty_inputs() {

@@ -170,11 +170,6 @@ pub fn seed_inputs() -> Vec<(&'static str, Vec<u8>)> {
 mod tests {
     use super::*;
     use crate::virtio::fuzz_guest::{REGION0_LEN, REGION1_LEN};
-    use std::path::PathBuf;
-
-    fn corpus_dir() -> PathBuf {
-        crate::fuzz_corpus::dir("virtio_net_tx")
-    }
 
     #[test]
     fn seeds_do_what_they_say() {
@@ -191,21 +186,12 @@ mod tests {
         assert_eq!(s("backend_error").tx_dropped, 1);
     }
 
-    /// Replays every file of the cargo-fuzz corpus, so CI exercises the fuzz target without a
-    /// nightly toolchain.
-    #[test]
-    fn corpus_replay() {
-        crate::fuzz_corpus::replay(&corpus_dir(), seed_inputs().len(), |input| {
-            run(input);
-        });
-    }
-
-    /// Regenerates the seed corpus: `cargo test -p devices write_net_seed_corpus -- --ignored`.
-    #[test]
-    #[ignore]
-    fn write_net_seed_corpus() {
-        crate::fuzz_corpus::write_seeds(&corpus_dir(), &seed_inputs());
-    }
+    crate::fuzz_corpus::corpus_tests!(
+        target: "virtio_net_tx",
+        seeds: seed_inputs(),
+        run: run,
+        write_seeds: write_net_seed_corpus,
+    );
 
     #[test]
     fn short_and_empty_inputs() {
