@@ -36,7 +36,10 @@ pub const RX_RING: u32 = 0x2000;
 /// Frames the back-end may hold at once in a run.
 const MAX_QUEUED: usize = 64;
 
-const REGS: &[u32] = &[
+/// The registers an operation's `sel` picks by index (the rest of the values of `sel` fall back
+/// to any offset); the property test in `tests.rs` picks from them too. The order is part of the
+/// input format (seeds name a register by its index here): append, never reorder or remove.
+pub(crate) const REGS: &[u32] = &[
     CTRL,
     STATUS,
     EECD,
@@ -287,7 +290,7 @@ impl InputBuilder {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::{context, data, legacy, tcp_frame};
+    use super::super::tests::{context, data, legacy, tcp_frame, tcp_frame_context};
     use super::super::tx::*;
     use super::*;
 
@@ -307,16 +310,11 @@ mod tests {
         out.push(("tx_legacy", b.build()));
         // Context + data with TSO.
         let ctx = TxContext {
-            ipcss: 14,
-            ipcso: 24,
-            ipcse: 33,
-            tucss: 34,
-            tucso: 50,
-            tucse: 0,
             paylen: 200,
             tucmd: TUCMD_TCP | TUCMD_IP | TUCMD_TSE,
             hdrlen: 54,
             mss: 64,
+            ..tcp_frame_context()
         };
         let mut b = InputBuilder::default();
         b.poke(0x8000, &frame)

@@ -164,6 +164,20 @@ pub fn tcp_frame(dst: [u8; 6], payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// A context with the checksum offsets of a [`tcp_frame`]: the IPv4 header from 14 to 33
+/// (checksum at 24), TCP from 34 to the end of the frame (checksum at 50).
+pub fn tcp_frame_context() -> TxContext {
+    TxContext {
+        ipcss: 14,
+        ipcso: 24,
+        ipcse: 33,
+        tucss: 34,
+        tucso: 50,
+        tucse: 0,
+        ..Default::default()
+    }
+}
+
 /// The pseudo-header sum (folded, not inverted) with the TCP length `len`.
 fn pseudo(len: u16) -> u16 {
     let mut p = Vec::new();
@@ -563,14 +577,8 @@ fn tx_context_data_checksum_offload() {
     f[24..26].copy_from_slice(&[0xde, 0xad]);
     t.mem.write_slice(&f, GuestAddress(BUF)).unwrap();
     let ctx = TxContext {
-        ipcss: 14,
-        ipcso: 24,
-        ipcse: 33,
-        tucss: 34,
-        tucso: 50,
-        tucse: 0,
         tucmd: TUCMD_TCP | TUCMD_IP,
-        ..Default::default()
+        ..tcp_frame_context()
     };
     t.put_desc(TX_RING, 0, context(&ctx));
     t.put_desc(TX_RING, 1, data(BUF, 100, 0, POPTS_IXSM | POPTS_TXSM));
@@ -601,16 +609,11 @@ fn tso_setup(t: &T, payload: usize, mss: u16, hdrlen: u8) -> Vec<u8> {
     f[50..52].copy_from_slice(&pseudo(0).to_be_bytes());
     t.mem.write_slice(&f, GuestAddress(BUF)).unwrap();
     let ctx = TxContext {
-        ipcss: 14,
-        ipcso: 24,
-        ipcse: 33,
-        tucss: 34,
-        tucso: 50,
-        tucse: 0,
         paylen: payload as u32,
         tucmd: TUCMD_TCP | TUCMD_IP | TUCMD_TSE,
         hdrlen,
         mss,
+        ..tcp_frame_context()
     };
     t.put_desc(TX_RING, 0, context(&ctx));
     t.put_desc(TX_RING, 1, data(BUF, 54, DCMD_TSE, POPTS_IXSM | POPTS_TXSM));
@@ -1231,42 +1234,9 @@ fn worker_reports_the_back_ends_link_going_down_and_up() {
 }
 
 mod prop {
+    use super::super::fuzz::REGS;
     use super::*;
     use proptest::prelude::*;
-
-    const OFFSETS: &[u32] = &[
-        CTRL,
-        EECD,
-        EERD,
-        MDIC,
-        ICR,
-        ICS,
-        IMS,
-        IMC,
-        ITR,
-        RCTL,
-        TCTL,
-        RDBAL,
-        RDBAH,
-        RDLEN,
-        RDH,
-        RDT,
-        RDTR,
-        RADV,
-        TDBAL,
-        TDBAH,
-        TDLEN,
-        TDH,
-        TDT,
-        TIDV,
-        TADV,
-        RXCSUM,
-        RA,
-        RA + 4,
-        MTA,
-        GPRC,
-        0x1234,
-    ];
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
@@ -1285,7 +1255,7 @@ mod prop {
                 t.be.push([0; 12], f);
             }
             for (i, (sel, v)) in ops.iter().enumerate() {
-                let off = if *sel < OFFSETS.len() { OFFSETS[*sel] } else { (v >> 8) & 0x1fffc };
+                let off = REGS.get(*sel).copied().unwrap_or((v >> 8) & 0x1fffc);
                 // Keep the rings mostly in memory so descriptor processing is exercised.
                 let v = match off {
                     TDBAL | RDBAL => v & 0xf_ffff,
