@@ -66,13 +66,7 @@ impl VirtioDevice for InertDevice {
     }
     fn set_acked_features(&mut self, _features: u64) {}
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| self.config.get(usize::try_from(o).ok()?))
-                .copied()
-                .unwrap_or(0);
-        }
+        crate::virtio::device_config::read(&self.config, offset, data);
     }
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     fn activate(

@@ -1,7 +1,9 @@
 //! virtio devices and the virtio-pci transport (virtio 1.2).
 pub mod block;
+pub(crate) mod device_config;
 #[cfg(test)]
 mod driver_queue;
+mod features;
 #[doc(hidden)]
 #[cfg(any(test, feature = "fuzz"))]
 pub mod fuzz_guest;

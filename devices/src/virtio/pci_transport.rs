@@ -956,13 +956,7 @@ mod tests {
         }
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             let s = self.state.lock().unwrap();
-            for (i, b) in data.iter_mut().enumerate() {
-                *b = usize::try_from(offset)
-                    .ok()
-                    .and_then(|o| s.config.get(o.checked_add(i)?))
-                    .copied()
-                    .unwrap_or(0);
-            }
+            crate::virtio::device_config::read(&s.config, offset, data);
         }
         fn write_config(&mut self, offset: u64, data: &[u8]) {
             let mut s = self.state.lock().unwrap();

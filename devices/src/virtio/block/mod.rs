@@ -43,6 +43,8 @@ pub use backend::DiskImage;
 pub use request::Completion;
 pub use worker::{QueueRun, RequestProcessor};
 
+use super::device_config;
+use super::features::FeatureSet;
 use super::{ActivateError, GuestMemoryAtomic, QueueActivation, VirtioDevice, VirtioInterrupt};
 use crate::log_once::LogOnce;
 
@@ -227,8 +229,7 @@ impl BlockStats {
 pub struct VirtioBlk {
     disk: Arc<DiskImage>,
     serial: [u8; ID_BYTES],
-    avail_features: u64,
-    acked_features: u64,
+    features: FeatureSet,
     config: [u8; CONFIG_SPACE_LEN],
     stats: Arc<BlockStats>,
     io_error_log: Arc<LogOnce>,
@@ -245,7 +246,7 @@ impl std::fmt::Debug for VirtioBlk {
             .field("disk", &self.disk)
             .field(
                 "acked_features",
-                &format_args!("{:#x}", self.acked_features),
+                &format_args!("{:#x}", self.features.acked()),
             )
             .field("active", &self.worker.is_some())
             .finish_non_exhaustive()
@@ -323,8 +324,7 @@ impl VirtioBlk {
         VirtioBlk {
             disk: Arc::new(disk),
             serial,
-            avail_features: features,
-            acked_features: 0,
+            features: FeatureSet::new(features),
             config,
             stats: Arc::new(BlockStats::default()),
             io_error_log: Arc::new(LogOnce::new("virtio-blk I/O errors")),
@@ -352,7 +352,7 @@ impl VirtioBlk {
 
     /// Features the driver acknowledged (only offered ones are kept).
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.features.acked()
     }
 
     /// True while the worker thread runs.
@@ -389,7 +389,7 @@ impl VirtioBlk {
         RequestProcessor::new(
             self.disk.clone(),
             self.serial,
-            self.acked_features,
+            self.features.acked(),
             self.stats.clone(),
             self.io_error_log.clone(),
             exec,
@@ -413,27 +413,15 @@ impl VirtioDevice for VirtioBlk {
     }
 
     fn device_features(&self) -> u64 {
-        self.avail_features
+        self.features.avail()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        let unknown = features & !self.avail_features;
-        if unknown != 0 {
-            log::debug!("virtio-blk: driver acked unoffered features {unknown:#x}; ignored");
-        }
-        self.acked_features = features & self.avail_features;
+        self.features.ack(features, "virtio-blk");
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        // Bytes past the configuration structure read as zero.
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| self.config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        device_config::read(&self.config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -468,7 +456,7 @@ impl VirtioDevice for VirtioBlk {
 
     fn reset(&mut self) {
         self.stop_worker();
-        self.acked_features = 0;
+        self.features.reset();
     }
 }
 

@@ -37,6 +37,8 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 
 pub use processor::{NetProcessor, RxRun, TxRun, MAX_TX_SEGMENTS};
 
+use super::device_config;
+use super::features::FeatureSet;
 use super::{ActivateError, GuestMemoryAtomic, QueueActivation, VirtioDevice, VirtioInterrupt};
 use crate::net::{NetBackend, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN, VNET_HDR_LEN};
 
@@ -185,8 +187,7 @@ pub struct VirtioNet {
     /// The back-end while the device is inactive (the worker owns it while active).
     backend: Option<Box<dyn NetBackend>>,
     mac: [u8; 6],
-    avail_features: u64,
-    acked_features: u64,
+    features: FeatureSet,
     /// `status` as last seen by the worker (used while active).
     status: Arc<AtomicU16>,
     stats: Arc<NetStats>,
@@ -199,7 +200,7 @@ impl fmt::Debug for VirtioNet {
             .field("mac", &format_args!("{}", format_mac(&self.mac)))
             .field(
                 "acked_features",
-                &format_args!("{:#x}", self.acked_features),
+                &format_args!("{:#x}", self.features.acked()),
             )
             .field("active", &self.worker.is_some())
             .finish_non_exhaustive()
@@ -221,8 +222,7 @@ impl VirtioNet {
         VirtioNet {
             backend: Some(backend),
             mac,
-            avail_features: DEVICE_FEATURES,
-            acked_features: 0,
+            features: FeatureSet::new(DEVICE_FEATURES),
             status: Arc::new(AtomicU16::new(status)),
             stats: Arc::new(NetStats::default()),
             worker: None,
@@ -240,7 +240,7 @@ impl VirtioNet {
 
     /// Features the driver acknowledged (only offered ones are kept).
     pub fn acked_features(&self) -> u64 {
-        self.acked_features
+        self.features.acked()
     }
 
     /// True while the worker thread runs.
@@ -278,28 +278,16 @@ impl VirtioDevice for VirtioNet {
     }
 
     fn device_features(&self) -> u64 {
-        self.avail_features
+        self.features.avail()
     }
 
     fn set_acked_features(&mut self, features: u64) {
-        let unknown = features & !self.avail_features;
-        if unknown != 0 {
-            log::debug!("virtio-net: driver acked unoffered features {unknown:#x}; ignored");
-        }
-        self.acked_features = features & self.avail_features;
+        self.features.ack(features, "virtio-net");
     }
 
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         let config = build_config(self.mac, self.status());
-        // Bytes past the configuration structure read as zero.
-        for (i, b) in data.iter_mut().enumerate() {
-            *b = offset
-                .checked_add(i as u64)
-                .and_then(|o| usize::try_from(o).ok())
-                .and_then(|o| config.get(o))
-                .copied()
-                .unwrap_or(0);
-        }
+        device_config::read(&config, offset, data);
     }
 
     fn write_config(&mut self, offset: u64, data: &[u8]) {
@@ -326,13 +314,13 @@ impl VirtioDevice for VirtioNet {
                 "virtio-net: the back-end was lost",
             )));
         };
-        let offload = offload_flags(self.acked_features);
+        let offload = offload_flags(self.features.acked());
         if let Err(e) = backend.set_offload(offload) {
             log::warn!("virtio-net: cannot set back-end offloads {offload:#x}: {e}");
         }
         self.status
             .store(link_status(backend.link_up()), Ordering::Release);
-        let processor = NetProcessor::new(backend, self.acked_features, self.stats.clone());
+        let processor = NetProcessor::new(backend, self.features.acked(), self.stats.clone());
         match worker::WorkerHandle::start(processor, mem, interrupt, queues, self.status.clone()) {
             Ok(h) => {
                 self.worker = Some(h);
@@ -347,7 +335,7 @@ impl VirtioDevice for VirtioNet {
 
     fn reset(&mut self) {
         self.stop_worker();
-        self.acked_features = 0;
+        self.features.reset();
         if let Some(b) = &self.backend {
             if let Err(e) = b.set_offload(0) {
                 log::debug!("virtio-net: cannot clear back-end offloads: {e}");
