@@ -417,19 +417,7 @@ impl DiskImage {
         slices: &[VolatileSlice<'_, B>],
         scratch: &mut IoScratch,
     ) -> io::Result<()> {
-        let len = total_len(slices);
-        let (fd, direct) = self.fd_for(offset, len);
-        if direct && !self.slices_dio_aligned(slices) {
-            return self.bounce_read(fd, offset, slices, len, scratch);
-        }
-        match vectored_at(fd, offset, slices, false) {
-            // EINVAL under O_DIRECT: the alignment guess was wrong; the bounce buffer is
-            // aligned for any device.
-            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
-                self.bounce_read(fd, offset, slices, len, scratch)
-            }
-            r => r,
-        }?;
+        self.transfer(offset, slices, false, scratch)?;
         for s in slices {
             s.bitmap().mark_dirty(0, s.len());
         }
@@ -489,15 +477,34 @@ impl DiskImage {
         if self.readonly {
             return Err(io::Error::from_raw_os_error(libc::EBADF));
         }
+        self.transfer(offset, slices, true, scratch)
+    }
+
+    /// Reads `slices` from the image at `offset`, or writes them there (`write`), through the
+    /// descriptor [`DiskImage::fd_for`] picks. Under `O_DIRECT`, guest buffers go through the
+    /// aligned bounce buffer when they look misaligned, and when the kernel refuses them with
+    /// EINVAL (the alignment guess was wrong; the bounce buffer is aligned for any device).
+    fn transfer<B: BitmapSlice>(
+        &self,
+        offset: u64,
+        slices: &[VolatileSlice<'_, B>],
+        write: bool,
+        scratch: &mut IoScratch,
+    ) -> io::Result<()> {
         let len = total_len(slices);
         let (fd, direct) = self.fd_for(offset, len);
-        if direct && !self.slices_dio_aligned(slices) {
-            return self.bounce_write(fd, offset, slices, len, scratch);
-        }
-        match vectored_at(fd, offset, slices, true) {
-            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+        let bounce = |scratch: &mut IoScratch| {
+            if write {
                 self.bounce_write(fd, offset, slices, len, scratch)
+            } else {
+                self.bounce_read(fd, offset, slices, len, scratch)
             }
+        };
+        if direct && !self.slices_dio_aligned(slices) {
+            return bounce(scratch);
+        }
+        match vectored_at(fd, offset, slices, write) {
+            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => bounce(scratch),
             r => r,
         }
     }
