@@ -518,12 +518,9 @@ impl DiskImage {
         scratch: &mut IoScratch,
     ) -> io::Result<()> {
         let buf = scratch.bounce();
-        let mut done = 0u64;
-        while done < len {
-            let chunk = (len - done).min(BOUNCE_SIZE as u64) as usize;
+        for (done, chunk) in bounce_chunks(len) {
             pread_all(fd, &mut buf[..chunk], offset + done)?;
             copy_to_slices(slices, done, &buf[..chunk]);
-            done += chunk as u64;
         }
         Ok(())
     }
@@ -537,12 +534,9 @@ impl DiskImage {
         scratch: &mut IoScratch,
     ) -> io::Result<()> {
         let buf = scratch.bounce();
-        let mut done = 0u64;
-        while done < len {
-            let chunk = (len - done).min(BOUNCE_SIZE as u64) as usize;
+        for (done, chunk) in bounce_chunks(len) {
             copy_from_slices(slices, done, &mut buf[..chunk]);
             pwrite_all(fd, &buf[..chunk], offset + done)?;
-            done += chunk as u64;
         }
         Ok(())
     }
@@ -635,11 +629,8 @@ impl DiskImage {
         let (fd, _) = self.fd_for(offset, len);
         let buf = scratch.bounce();
         buf.fill(0);
-        let mut done = 0u64;
-        while done < len {
-            let chunk = (len - done).min(BOUNCE_SIZE as u64) as usize;
+        for (done, chunk) in bounce_chunks(len) {
             pwrite_all(fd, &buf[..chunk], offset + done)?;
-            done += chunk as u64;
         }
         Ok(())
     }
@@ -704,6 +695,14 @@ pub(crate) fn copy_from_slices<B: BitmapSlice>(
         copied += src.copy_to(&mut dst[copied..]);
     }
     copied
+}
+
+/// The pieces of a `len`-byte transfer through the bounce buffer: (position in the
+/// transfer, length), each at most [`BOUNCE_SIZE`].
+fn bounce_chunks(len: u64) -> impl Iterator<Item = (u64, usize)> {
+    (0..len)
+        .step_by(BOUNCE_SIZE)
+        .map(move |done| (done, (len - done).min(BOUNCE_SIZE as u64) as usize))
 }
 
 fn pread_all(fd: RawFd, mut buf: &mut [u8], mut offset: u64) -> io::Result<()> {
@@ -860,4 +859,22 @@ fn vectored_at<B: BitmapSlice>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bounce_chunks_cover_the_transfer_once() {
+        let b = BOUNCE_SIZE as u64;
+        let chunks = |len| bounce_chunks(len).collect::<Vec<_>>();
+        assert_eq!(chunks(0), []);
+        assert_eq!(chunks(512), [(0, 512)]);
+        assert_eq!(chunks(b), [(0, BOUNCE_SIZE)]);
+        assert_eq!(
+            chunks(2 * b + 7),
+            [(0, BOUNCE_SIZE), (b, BOUNCE_SIZE), (2 * b, 7)]
+        );
+    }
 }
