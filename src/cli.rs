@@ -119,6 +119,21 @@ pub struct RunArgs {
     /// e.g. to strace a new code path.
     #[arg(long, default_value = "on", value_name = "on|off")]
     pub seccomp: SeccompMode,
+
+    /// The legacy 8254 timer (PIT; KVM's in-kernel model). auto leaves it out when KVM offers
+    /// the TSC-deadline timer, with which Linux (kvm-clock, ARAT) needs no PIT, and a VM
+    /// without one exits ~15 ms sooner; on for guests that program the PIT themselves.
+    #[arg(long, default_value = "auto", value_name = "auto|on|off")]
+    pub pit: PitMode,
+}
+
+/// `--pit`: whether the machine has an 8254 PIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PitMode {
+    /// Only when KVM cannot offer the guest the TSC-deadline timer.
+    Auto,
+    On,
+    Off,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -163,6 +163,7 @@ fn run(args: ExecArgs, start: Instant) -> Result<i32, Error> {
         disks,
         nets: args.net.clone(),
         allow_pvm: args.allow_pvm,
+        pit: args.pit,
     };
     let ctl = RunControl {
         timeout: args.timeout.map(|t| t.0),

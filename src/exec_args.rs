@@ -82,6 +82,10 @@ pub struct ExecArgs {
     #[arg(long, default_value = "on", value_name = "on|off")]
     pub seccomp: crate::cli::SeccompMode,
 
+    /// The legacy 8254 timer (as for run): auto leaves it out when the guest has TSC-deadline.
+    #[arg(long, default_value = "auto", value_name = "auto|on|off")]
+    pub pit: crate::cli::PitMode,
+
     /// Run inside the project's test host (where /dev/kvm is PVM).
     #[arg(long)]
     pub testhost: bool,

@@ -122,6 +122,7 @@ fn run(args: RunArgs, start: Instant) -> Result<i32, Error> {
         disks: args.disks.clone(),
         nets: args.nets.clone(),
         allow_pvm: args.allow_pvm,
+        pit: args.pit,
     };
     if args.seccomp == cli::SeccompMode::On {
         seccomp::enable()?;

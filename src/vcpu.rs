@@ -47,12 +47,15 @@ pub struct ExitCounters {
     pub other: AtomicU64,
 }
 
-/// Creates vCPU `index` and gives it the state it needs at the first instruction.
+/// Creates vCPU `index` and gives it the state it needs at the first instruction. `tsc_deadline`:
+/// whether the in-kernel LAPIC offers the TSC-deadline timer (KVM_CAP_TSC_DEADLINE_TIMER), shown
+/// in CPUID leaf 1.
 pub fn create_vcpu(
     kvm: &Kvm,
     vm: &VmFd,
     index: u8,
     num_cpus: u8,
+    tsc_deadline: bool,
     boot_entry: Option<&BootEntry>,
 ) -> Result<VcpuFd, Error> {
     let err = |message: String| Error::Vcpu { index, message };
@@ -64,6 +67,7 @@ pub fn create_vcpu(
         .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| err(format!("KVM_GET_SUPPORTED_CPUID: {e}")))?;
     boot::cpu::filter_cpuid(cpuid.as_mut_slice(), index, num_cpus);
+    boot::cpu::set_tsc_deadline(cpuid.as_mut_slice(), tsc_deadline);
     boot::xsave::make_xsave_leaf_consistent(cpuid.as_mut_slice());
     vcpu.set_cpuid2(&cpuid)
         .map_err(|e| err(format!("KVM_SET_CPUID2: {e}")))?;

@@ -78,6 +78,22 @@ fn triple_fault_is_a_clear_nonzero_exit() {
 }
 
 #[test]
+fn pit_is_there_only_when_asked_for() {
+    let status = |mode: &str| {
+        let (out, _) = run_payload(
+            &format!("pit-{mode}"),
+            PayloadEnd::PitStatusExit,
+            &["--pit", mode],
+        );
+        out.status.code().expect("exit status")
+    };
+    // The 8254's status byte after programming counter 0 as lo/hi byte, mode 0, binary.
+    assert_eq!(status("on") & 0x3f, 0x30, "--pit on: KVM's PIT answers");
+    // No device on ports 0x40-0x43: reads float high.
+    assert_eq!(status("off"), 0xff, "--pit off: no PIT");
+}
+
+#[test]
 fn several_vcpus_start_and_all_threads_are_joined() {
     let (out, stdout) = run_payload("smp", PayloadEnd::DebugExit(7), &["--cpus", "4"]);
     assert_eq!(

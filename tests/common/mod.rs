@@ -224,6 +224,10 @@ pub enum PayloadEnd {
     /// Polls COM2's line status until a byte arrives (e.g. kvmrun's shutdown request), then
     /// writes this status to the debug-exit port.
     WaitCom2ThenExit(u8),
+    /// Programs the PIT's counter 0 (mode 0, low then high byte), reads its status back (8254
+    /// read-back command) and leaves with that byte as the debug-exit status: 0x30 in the low
+    /// six bits from a PIT, 0xff from a machine without one.
+    PitStatusExit,
 }
 
 /// Address the payload is linked and loaded at: 1 MiB, where kvmrun loads ELF kernels.
@@ -277,6 +281,12 @@ pub fn payload_code(message: &[u8], boot_complete: bool, end: PayloadEnd) -> Vec
             code.extend_from_slice(&[0xEC, 0xA8, 0x01, 0x74, 0xFB]);
             code.extend_from_slice(&[0x66, 0xBA, 0x01, 0x05, 0xB0, status, 0xEE]);
             // out 0x501
+        }
+        PayloadEnd::PitStatusExit => {
+            code.extend_from_slice(&[0xB0, 0x30, 0xE6, 0x43]); // counter 0, lo/hi, mode 0, binary
+            code.extend_from_slice(&[0xB0, 0xE2, 0xE6, 0x43]); // read-back: status of counter 0
+            code.extend_from_slice(&[0xE4, 0x40]); // in al, 0x40
+            code.extend_from_slice(&[0x66, 0xBA, 0x01, 0x05, 0xEE]); // out 0x501, al
         }
         PayloadEnd::Spin(n) => {
             code.extend_from_slice(&[0x66, 0xBA, 0xF8, 0x03]); // mov dx, 0x3f8
