@@ -127,7 +127,9 @@ for nic in ${nics//,/ }; do
     kill -TERM "$server" 2>/dev/null || true
     wait "$server" || true
     pids=()
+    # QEMU's firmware leaves escape sequences (screen clears) before the guest's first line.
     tr -d '\r' <"$log-client.log" | awk -v c="$c" '
+      { sub(/^[^@]*@@/, "@@") }
       function bytes(v, u) { return v * (u ~ /^G/ ? 1073741824 : u ~ /^M/ ? 1048576 : u ~ /^K/ ? 1024 : 1) }
       function bps(v, u) { return v * (u ~ /^G/ ? 1e9 : u ~ /^M/ ? 1e6 : u ~ /^K/ ? 1e3 : 1) }
       /^@@TPUT / && bytes($3, $4) > 0 { print c, $2, "tcp", bps($5, $6) / 8e6 }
