@@ -23,19 +23,15 @@
 # CAP_NET_ADMIN).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-prog=net.sh list_opt=vmms list_words='kvmrun qemu' list=kvmrun,qemu
+# shellcheck disable=SC2034 # read by netlib.sh
+prog=net.sh lists=vmms vmms_words='kvmrun qemu' vmms=kvmrun,qemu
 initrd_build=build-initramfs.sh help_range=2,25
 # shellcheck source-path=SCRIPTDIR source=netlib.sh
 . "$here/bench/netlib.sh"
 netlib_options "$@"
 netlib_testhost_or_continue
-vmms=$list
 netlib_artifacts
-need=(python3 ip)
-case ,$vmms, in *,qemu,*) need+=(qemu-system-x86_64) ;; esac
-for c in "${need[@]}"; do
-  command -v "$c" >/dev/null || { echo "net.sh: $c missing" >&2; exit 1; }
-done
+netlib_need python3 ip
 
 netlib_workdir netbench
 ns=kvmrun-netbench-$$
@@ -184,12 +180,8 @@ run_kvmrun() { # NIC
   cat "$work/guest.log"
 }
 run_qemu() { # NIC
-  local dev=virtio-net-pci
-  [ "$1" = virtio ] || dev=e1000
-  timeout -s KILL "$limit" ip netns exec "$ns" qemu-system-x86_64 -accel kvm -M pc -cpu host \
-    -m 512 -smp 1 -nographic -nodefaults -no-reboot -serial stdio -kernel "$bz" -initrd "$initrd" \
-    -append "$cmdline" -netdev tap,id=n0,ifname=tap0,script=no,downscript=no,vhost=off \
-    -device "$dev,netdev=n0" -device isa-debug-exit,iobase=0x501,iosize=1 </dev/null 2>&1 ||
+  netlib_qemu_cmd "$1" tap0 '' "$cmdline"
+  timeout -s KILL "$limit" ip netns exec "$ns" "${qemu_cmd[@]}" </dev/null 2>&1 ||
     true # exits (0 << 1) | 1
 }
 
@@ -231,74 +223,13 @@ for i in $(seq "$runs"); do
 done
 
 netlib_environment
-qemu_version=$(qemu-system-x86_64 --version 2>/dev/null | head -n1 || echo "QEMU not run")
 export where runs mib out cpu_model host_kernel bz initrd kvmrun_git qemu_version vmms
-python3 - "$results" <<'PY'
-import json, os, statistics, sys
-
-env = os.environ
-metrics = [("g2h", "guest -> host, 1 stream", "MB/s"), ("g2h4", "guest -> host, 4 streams", "MB/s"),
-           ("h2g", "host -> guest, 1 stream", "MB/s"), ("rr", "ICMP round trip (median)", "ms"),
-           ("cpu", "kvmrun CPU use", "% core"), ("exits_per_packet", "kvmrun VM exits per packet", "exits/packet")]
-configs = [("kvmrun", "virtio"), ("kvmrun", "e1000"), ("qemu", "virtio"), ("qemu", "e1000")]
-ran = [(v, n) for v, n in configs if v in env["vmms"].split(",")]
-vals = {}
-for line in open(sys.argv[1]):
-    vmm, nic, run, metric, v = line.split()
-    vals.setdefault((vmm, nic, metric), []).append(float(v))
-
-def summary(xs):
-    return {"values": xs, "min": min(xs), "median": statistics.median(xs), "max": max(xs)} if xs else None
-
-def ratio(a, b):
-    return a["median"] / b["median"] if a and b and b["median"] else None
-
-report = {"benchmark": "net", "where": env["where"], "runs": int(env["runs"]), "mib": int(env["mib"]),
-          "vmms": env["vmms"].split(","),
-          "environment": {"host_cpu": env["cpu_model"], "host_kernel": env["host_kernel"],
-                          "guest_kernel": env["bz"], "guest_initrd": env["initrd"], "guest_vcpus": 1,
-                          "guest_memory_mib": 512, "backend": "tap in a network namespace",
-                          "kvmrun_git": env["kvmrun_git"],
-                          "qemu": env["qemu_version"] + " -M pc, -netdev tap,vhost=off"},
-          "metrics": []}
-for key, label, unit in metrics:
-    m = {"name": key, "label": label, "unit": unit}
-    for vmm, nic in configs:
-        m[f"{vmm}_{nic}"] = summary(vals.get((vmm, nic, key), []))
-    m["kvmrun_over_qemu_virtio"] = ratio(m["kvmrun_virtio"], m["qemu_virtio"])
-    m["kvmrun_over_qemu_e1000"] = ratio(m["kvmrun_e1000"], m["qemu_e1000"])
-    m["virtio_over_e1000_kvmrun"] = ratio(m["kvmrun_virtio"], m["kvmrun_e1000"])
-    report["metrics"].append(m)
-
-def cell(s):
-    if not s:
-        return "-"
-    f = (lambda x: f"{x:.0f}") if s["median"] >= 100 else (lambda x: f"{x:.2f}")
-    n = len(s["values"])
-    return f"{f(s['min'])}/{f(s['median'])}/{f(s['max'])}" + ("" if n == report["runs"] else f" ({n})")
-
-def rat(r):
-    return "-" if r is None else f"{r:.2f}"
-
-print()
-print(f"net benchmark: {report['runs']} runs, {report['mib']} MiB per transfer; min/median/max")
-print(f"where: {report['where']}")
-e = report["environment"]
-print(f"guest: {os.path.basename(os.path.dirname(e['guest_kernel']))}, 1 vCPU, 512 MiB; kvmrun {e['kvmrun_git']}; {e['qemu']}")
-print(f"host: {e['host_cpu']}, Linux {e['host_kernel']}")
-print()
-print(f"{'metric':<28} {'unit':<7} " + " ".join(f"{v + ' ' + n:<20}" for v, n in configs)
-      + f" {'kvmrun/QEMU virtio':>18} {'kvmrun/QEMU e1000':>17} {'virtio/e1000':>12}")
-for m in report["metrics"]:
-    print(f"{m['label']:<28} {m['unit']:<7} " + " ".join(f"{cell(m[f'{v}_{n}']):<20}" for v, n in configs)
-          + f" {rat(m['kvmrun_over_qemu_virtio']):>18} {rat(m['kvmrun_over_qemu_e1000']):>17}"
-          + f" {rat(m['virtio_over_e1000_kvmrun']):>12}")
-if env.get("out"):
-    with open(env["out"], "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    print(f"\nJSON: {env['out']}")
-need = [m for m in report["metrics"] if m["name"] in ("g2h", "g2h4", "h2g", "rr")]
-missing = sum(1 for m in need for v, n in ran if not m[f"{v}_{n}"] or len(m[f"{v}_{n}"]["values"]) != report["runs"])
-sys.exit(1 if missing else 0)
+PYTHONPATH="$here/bench" python3 - "$results" <<'PY'
+from netreport import report
+report("net",
+       [("g2h", "guest -> host, 1 stream", "MB/s"), ("g2h4", "guest -> host, 4 streams", "MB/s"),
+        ("h2g", "host -> guest, 1 stream", "MB/s"), ("rr", "ICMP round trip (median)", "ms"),
+        ("cpu", "kvmrun CPU use", "% core"),
+        ("exits_per_packet", "kvmrun VM exits per packet", "exits/packet")],
+       "tap in a network namespace", required=("g2h", "g2h4", "h2g", "rr"))
 PY

@@ -1,40 +1,45 @@
 #!/usr/bin/env bash
-# VM-to-VM benchmark: two kvmrun guests on one Linux bridge inside a network namespace this
+# VM-to-VM benchmark: two guests of one VMM on one Linux bridge inside a network namespace this
 # script creates (and deletes): a bridge and two taps enslaved to it, nothing outside the
 # namespace. One guest runs an iperf3 server, the other sends MIB MiB to it (iperf3 -n) and then
 # pings it (busybox ping, 20 x 0.2 s, median), RUNS times (default 3) in the same pair of boots.
-# Once per NIC model (virtio-net, e1000); same kernel and benchmark initramfs (iperf3), 1 vCPU
-# and 512 MiB each.
+# One pair per NIC model (virtio-net, e1000) and VMM: two kvmrun guests, then two QEMU guests
+# (-M pc, -netdev tap,vhost=off, as in net.sh), interleaved per NIC model; same kernel and
+# benchmark initramfs (iperf3), 1 vCPU and 512 MiB each. Ratios kvmrun/QEMU per NIC model.
 # Throughput is iperf3's receiver figure (bytes received over the receiver's time), in MB/s
 # (10^6 bytes/s). For short transfers the receiver counts less than MIB MiB: iperf3 stops
 # counting when the sender reports its last byte sent, with some still in flight.
 #
-# vm2vm.sh [RUNS] [--mib MIB] [--nics virtio,e1000] [--out FILE]   (--out: the results as JSON)
+# vm2vm.sh [RUNS] [--mib MIB] [--vmms kvmrun,qemu] [--nics virtio,e1000] [--out FILE]
+# --out: the results as JSON. --vmms: which VMMs' pairs to run (default both; `kvmrun bench`
+# leaves QEMU out unless compared).
 #
 # Runs where guests run: directly on hardware KVM, or (PVM here) re-runs itself inside the test
 # host; only ratios taken in the same run mean anything there (default MIB: 4 in the test host,
-# 64 on hardware). Exit status: 0 every figure taken, 1 some missing, 2 usage, 77 the namespace,
-# bridge or taps cannot be made here (no root / CAP_NET_ADMIN).
+# 64 on hardware). Exit status: 0 every figure taken, 1 some missing (or a command such as
+# qemu-system-x86_64), 2 usage, 77 the namespace, bridge or taps cannot be made here (no root /
+# CAP_NET_ADMIN).
 set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
-prog=vm2vm.sh list_opt=nics list_words='virtio e1000' list=virtio,e1000
-initrd_build=build-bench-initramfs.sh help_range=2,17
+# shellcheck disable=SC2034 # read by netlib.sh
+prog=vm2vm.sh lists='vmms nics' vmms_words='kvmrun qemu' vmms=kvmrun,qemu
+# shellcheck disable=SC2034
+nics_words='virtio e1000' nics=virtio,e1000
+initrd_build=build-bench-initramfs.sh help_range=2,21
 # shellcheck source-path=SCRIPTDIR source=netlib.sh
 . "$here/bench/netlib.sh"
 netlib_options "$@"
 netlib_testhost_or_continue
-nics=$list
 netlib_artifacts
-for c in python3 ip timeout; do
-  command -v "$c" >/dev/null || { echo "vm2vm.sh: $c missing" >&2; exit 1; }
-done
+netlib_need python3 ip timeout
 
 netlib_workdir vm2vm
 ns=kvmrun-vm2vm-$$
 pids=()
 cleanup() {
   local p
-  # Each pid is a `timeout`: it passes SIGTERM on to its kvmrun and SIGKILLs it 20 s later.
+  # Each pid is a `timeout`: it passes SIGTERM on to its kvmrun or QEMU (both end on it) and
+  # SIGKILLs it 20 s later.
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
   ip netns del "$ns" 2>/dev/null || true
@@ -87,99 +92,66 @@ cmdline() { # SCRIPT
     "$(printf '%s' "$1" | base64 -w0)"
 }
 
-results=$work/results # lines: nic run metric value
+results=$work/results # lines: vmm nic run metric value
 : >"$results"
 # A guest that hangs is stopped after this long (SIGTERM: kvmrun's graceful shutdown, then KILL).
 limit=${KVMRUN_BENCH_NET_LIMIT:-900}
-guest() { # NIC TAP MAC CMDLINE LOG; run with &: exec makes $! timeout's pid, not a subshell's
-  exec timeout -k 20 "$limit" ip netns exec "$ns" "$kvmrun" run --memory 512M --kernel "$bz" \
-    --initrd "$initrd" --cmdline "$4" --net "tap=$2,model=$1,mac=$3" --console stdio \
-    </dev/null >"$5" 2>&1
+guest() { # VMM NIC TAP MAC CMDLINE LOG; run with &: exec makes $! timeout's pid, not a subshell's
+  local cmd=("$kvmrun" run --memory 512M --kernel "$bz" --initrd "$initrd" --cmdline "$5"
+    --net "tap=$3,model=$2,mac=$4" --console stdio)
+  if [ "$1" = qemu ]; then
+    netlib_qemu_cmd "$2" "$3" "$4" "$5"
+    cmd=("${qemu_cmd[@]}")
+  fi
+  exec timeout -k 20 "$limit" ip netns exec "$ns" "${cmd[@]}" </dev/null >"$6" 2>&1
 }
 
+# Per NIC model, a kvmrun pair and a QEMU pair one after the other (interleaved).
 for nic in ${nics//,/ }; do
-  echo "vm2vm: $nic: two guests, $runs run(s) of $mib MiB" >&2
-  t0=$(date +%s)
-  guest "$nic" tap0 52:54:00:00:03:01 "$(cmdline "$server_script")" "$work/$nic-server.log" &
-  server=$!
-  pids=("$server")
-  guest "$nic" tap1 52:54:00:00:03:02 "$(cmdline "$client_script")" "$work/$nic-client.log" &
-  client=$!
-  pids+=("$client")
-  wait "$client" || echo "vm2vm.sh: $nic client guest ended with status $?" >&2
-  # The server's iperf3 runs until told: SIGTERM to timeout, which passes it on to kvmrun.
-  kill -TERM "$server" 2>/dev/null || true
-  wait "$server" || true
-  pids=()
-  tr -d '\r' <"$work/$nic-client.log" | awk -v n="$nic" '
-    function bytes(v, u) { return v * (u ~ /^G/ ? 1073741824 : u ~ /^M/ ? 1048576 : u ~ /^K/ ? 1024 : 1) }
-    function bps(v, u) { return v * (u ~ /^G/ ? 1e9 : u ~ /^M/ ? 1e6 : u ~ /^K/ ? 1e3 : 1) }
-    /^@@TPUT / && bytes($3, $4) > 0 { print n, $2, "tcp", bps($5, $6) / 8e6 }
-    /^@@RR [0-9]+ [0-9.]+$/ { print n, $2, "rr", $3 }' >>"$results"
-  got=$(awk -v n="$nic" '$1 == n' "$results" | wc -l)
-  echo "vm2vm: $nic: $got of $((2 * runs)) results in $(($(date +%s) - t0)) s" >&2
-  if [ "$got" -lt $((2 * runs)) ]; then
-    echo "vm2vm.sh: $nic: missing results; the client's output ends with:" >&2
-    tail -n 15 "$work/$nic-client.log" | cut -c1-200 >&2
-    echo "vm2vm.sh: $nic: the server's output ends with:" >&2
-    tail -n 8 "$work/$nic-server.log" | cut -c1-200 >&2
-  fi
+  for vmm in ${vmms//,/ }; do
+    c="$vmm $nic" log=$work/$vmm-$nic
+    echo "vm2vm: $c: two guests, $runs run(s) of $mib MiB" >&2
+    t0=$(date +%s)
+    guest "$vmm" "$nic" tap0 52:54:00:00:03:01 "$(cmdline "$server_script")" "$log-server.log" &
+    server=$!
+    pids=("$server")
+    guest "$vmm" "$nic" tap1 52:54:00:00:03:02 "$(cmdline "$client_script")" "$log-client.log" &
+    client=$!
+    pids+=("$client")
+    # kvmrun exits with the guest's status, QEMU (isa-debug-exit) with (status << 1) | 1.
+    s=0 ok=0
+    wait "$client" || s=$?
+    [ "$vmm" = kvmrun ] || ok=1
+    [ "$s" = "$ok" ] || echo "vm2vm.sh: $c client guest ended with status $s" >&2
+    # The server's iperf3 runs until told: SIGTERM to timeout, which passes it on to the VMM.
+    kill -TERM "$server" 2>/dev/null || true
+    wait "$server" || true
+    pids=()
+    # QEMU's firmware leaves escape sequences (screen clears) before the guest's first line.
+    tr -d '\r' <"$log-client.log" | awk -v c="$c" '
+      { sub(/^[^@]*@@/, "@@") }
+      function bytes(v, u) { return v * (u ~ /^G/ ? 1073741824 : u ~ /^M/ ? 1048576 : u ~ /^K/ ? 1024 : 1) }
+      function bps(v, u) { return v * (u ~ /^G/ ? 1e9 : u ~ /^M/ ? 1e6 : u ~ /^K/ ? 1e3 : 1) }
+      /^@@TPUT / && bytes($3, $4) > 0 { print c, $2, "tcp", bps($5, $6) / 8e6 }
+      /^@@RR [0-9]+ [0-9.]+$/ { print c, $2, "rr", $3 }' >>"$results"
+    got=$(awk -v v="$vmm" -v n="$nic" '$1 == v && $2 == n' "$results" | wc -l)
+    echo "vm2vm: $c: $got of $((2 * runs)) results in $(($(date +%s) - t0)) s" >&2
+    if [ "$got" -lt $((2 * runs)) ]; then
+      echo "vm2vm.sh: $c: missing results; the client's output ends with:" >&2
+      tail -n 15 "$log-client.log" | cut -c1-200 >&2
+      echo "vm2vm.sh: $c: the server's output ends with:" >&2
+      tail -n 8 "$log-server.log" | cut -c1-200 >&2
+    fi
+  done
 done
 
 netlib_environment
-export where runs mib out cpu_model host_kernel bz initrd kvmrun_git nics
-python3 - "$results" <<'PY'
-import json, os, statistics, sys
-
-env = os.environ
-metrics = [("tcp", "guest -> guest, 1 TCP stream (iperf3)", "MB/s"),
-           ("rr", "ICMP round trip guest -> guest (median)", "ms")]
-nics = env["nics"].split(",")
-vals = {}
-for line in open(sys.argv[1]):
-    nic, run, metric, v = line.split()
-    vals.setdefault((nic, metric), []).append(float(v))
-
-def summary(xs):
-    return {"values": xs, "min": min(xs), "median": statistics.median(xs), "max": max(xs)} if xs else None
-
-report = {"benchmark": "vm2vm", "where": env["where"], "runs": int(env["runs"]), "mib": int(env["mib"]),
-          "environment": {"host_cpu": env["cpu_model"], "host_kernel": env["host_kernel"],
-                          "guest_kernel": env["bz"], "guest_initrd": env["initrd"], "guest_vcpus": 1,
-                          "guest_memory_mib": 512, "guests": 2,
-                          "backend": "two taps on a Linux bridge in a network namespace",
-                          "kvmrun_git": env["kvmrun_git"]},
-          "metrics": []}
-for key, label, unit in metrics:
-    m = {"name": key, "label": label, "unit": unit}
-    for nic in nics:
-        m[f"kvmrun_{nic}"] = summary(vals.get((nic, key), []))
-    a, b = m.get("kvmrun_virtio"), m.get("kvmrun_e1000")
-    m["virtio_over_e1000_kvmrun"] = a["median"] / b["median"] if a and b and b["median"] else None
-    report["metrics"].append(m)
-
-def cell(s):
-    if not s:
-        return "-"
-    n = len(s["values"])
-    return f"{s['min']:.2f}/{s['median']:.2f}/{s['max']:.2f}" + ("" if n == report["runs"] else f" ({n})")
-
-print()
-print(f"vm2vm benchmark: {report['runs']} runs, {report['mib']} MiB per transfer; min/median/max")
-print(f"where: {report['where']}")
-print(f"host: {report['environment']['host_cpu']}, Linux {report['environment']['host_kernel']}")
-print()
-print(f"{'metric':<42} {'unit':<5} " + " ".join(f"{'kvmrun ' + n:<20}" for n in nics) + f" {'virtio/e1000':>12}")
-for m in report["metrics"]:
-    r = m["virtio_over_e1000_kvmrun"]
-    print(f"{m['label']:<42} {m['unit']:<5} " + " ".join(f"{cell(m[f'kvmrun_{n}']):<20}" for n in nics)
-          + f" {'-' if r is None else f'{r:.2f}':>12}")
-if env.get("out"):
-    with open(env["out"], "w") as f:
-        json.dump(report, f, indent=2)
-        f.write("\n")
-    print(f"\nJSON: {env['out']}")
-missing = sum(1 for m in report["metrics"] for n in nics
-              if not m[f"kvmrun_{n}"] or len(m[f"kvmrun_{n}"]["values"]) != report["runs"])
-sys.exit(1 if missing else 0)
+export where runs mib out cpu_model host_kernel bz initrd kvmrun_git qemu_version vmms nics
+PYTHONPATH="$here/bench" python3 - "$results" <<'PY'
+from netreport import report
+report("vm2vm",
+       [("tcp", "guest -> guest, 1 TCP stream (iperf3)", "MB/s"),
+        ("rr", "ICMP round trip guest -> guest (median)", "ms")],
+       "two taps on a Linux bridge in a network namespace", required=("tcp", "rr"),
+       extra_env={"guests": 2})
 PY

@@ -115,7 +115,7 @@ mod tests {
     use super::super::{BenchArgs, CompareWith};
     use super::*;
 
-    fn bench(quick: bool) -> Bench {
+    pub(super) fn bench(quick: bool) -> Bench {
         Bench {
             args: BenchArgs {
                 suites: vec![],

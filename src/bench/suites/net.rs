@@ -1,6 +1,6 @@
 //! net and vm2vm: the network scripts `resources/bench/net.sh` (a guest against the machine that
-//! runs it, over a tap in a namespace: kvmrun and QEMU, virtio-net and e1000) and
-//! `resources/bench/vm2vm.sh` (two kvmrun guests on a bridge in a namespace) run as they are,
+//! runs it, over a tap in a namespace) and `resources/bench/vm2vm.sh` (two guests of one VMM on
+//! a bridge in a namespace), both for kvmrun and QEMU, virtio-net and e1000, run as they are,
 //! and every figure of their `--out` JSON becomes a measurement named `NIC/METRIC` (e.g.
 //! `virtio/g2h`) on its VMM's target: the recorder then pairs kvmrun with QEMU, and virtio with
 //! e1000, like any other figure.
@@ -325,18 +325,47 @@ pub fn steps(_b: &Bench) -> usize {
     1
 }
 
-pub fn run_net(b: &mut Bench) {
-    const SUITE: &str = "net";
-    let qemu = b.guest_targets().contains(&Target::Qemu);
-    let why_no_qemu = match (&b.args.compare, &b.qemu_unavailable) {
+/// The (VMM, NIC) pairs a network script measures: kvmrun's, and QEMU's when compared and
+/// present (kvmrun's first).
+fn configs(b: &Bench) -> Vec<(Target, &'static str)> {
+    b.guest_targets()
+        .into_iter()
+        .flat_map(|t| NICS.iter().map(move |n| (t, *n)))
+        .collect()
+}
+
+/// The script's `--vmms` for `configs`.
+fn vmms_arg(configs: &[(Target, &str)]) -> String {
+    let mut vmms: Vec<&str> = configs.iter().map(|(t, _)| t.label()).collect();
+    vmms.dedup();
+    vmms.join(",")
+}
+
+/// Why QEMU's figures of a network suite are not taken: asked for but absent, or not compared.
+fn why_no_qemu(b: &Bench) -> Option<String> {
+    match (&b.args.compare, &b.qemu_unavailable) {
         (Some(CompareWith::Qemu), Some(why)) => Some(why.clone()),
         (None, _) => Some("QEMU not compared (--compare qemu)".to_string()),
         _ => None,
-    };
-    let mut configs: Vec<(Target, &str)> = NICS.iter().map(|n| (Target::Kvmrun, *n)).collect();
-    if qemu {
-        configs.extend(NICS.iter().map(|n| (Target::Qemu, *n)));
     }
+}
+
+/// A `# SKIP` with `why_no_qemu` for each of QEMU's `NIC/METRIC` figures of `suite`.
+fn skip_qemu(b: &mut Bench, suite: &str, metrics: &[&str]) {
+    if let Some(why) = why_no_qemu(b) {
+        for nic in NICS {
+            for m in metrics {
+                b.rec
+                    .skipped(suite, &format!("{nic}/{m}"), Some(Target::Qemu), &why);
+            }
+        }
+    }
+}
+
+pub fn run_net(b: &mut Bench) {
+    const SUITE: &str = "net";
+    let configs = configs(b);
+    let qemu = configs.iter().any(|(t, _)| *t == Target::Qemu);
     let (runs, mib) = (runs(b), mib(b));
     b.progress.step(&format!(
         "net: resources/bench/net.sh, {runs} run(s) of {mib} MiB, kvmrun{} x virtio-net, e1000",
@@ -360,7 +389,7 @@ pub fn run_net(b: &mut Bench) {
         "--mib".into(),
         mib.to_string(),
         "--vmms".into(),
-        if qemu { "kvmrun,qemu" } else { "kvmrun" }.into(),
+        vmms_arg(&configs),
     ];
     let initrd = b.artifacts.boot_initrd.clone();
     let limit = guest_limit_s(b);
@@ -368,30 +397,26 @@ pub fn run_net(b: &mut Bench) {
     measure(
         b, SUITE, "net.sh", args, initrd, &configs, limit, boots, &params,
     );
-    if let Some(why) = why_no_qemu {
-        for nic in NICS {
-            for m in ["g2h", "g2h4", "h2g", "rr"] {
-                b.rec
-                    .skipped(SUITE, &format!("{nic}/{m}"), Some(Target::Qemu), &why);
-            }
-        }
-    }
+    skip_qemu(b, SUITE, &["g2h", "g2h4", "h2g", "rr"]);
 }
 
 pub fn run_vm2vm(b: &mut Bench) {
     const SUITE: &str = "vm2vm";
+    let configs = configs(b);
+    let qemu = configs.iter().any(|(t, _)| *t == Target::Qemu);
     let (runs, mib) = (runs(b), mib(b));
     b.progress.step(&format!(
-        "vm2vm: resources/bench/vm2vm.sh, two kvmrun guests on a bridge, {runs} run(s) of \
-         {mib} MiB, virtio-net and e1000"
+        "vm2vm: resources/bench/vm2vm.sh, two kvmrun guests{} on a bridge, {runs} run(s) of \
+         {mib} MiB, virtio-net and e1000",
+        if qemu { " and two QEMU guests" } else { "" }
     ));
     b.env.insert(
         "vm2vm_network".into(),
-        "two kvmrun guests (1 vCPU, 512 MiB each), both virtio-net or both e1000, on two taps \
-         enslaved to a Linux bridge in a network namespace"
+        "two guests of one VMM (1 vCPU, 512 MiB each), both virtio-net or both e1000, on two \
+         taps enslaved to a Linux bridge in a network namespace; kvmrun pairs, and QEMU pairs \
+         (-M pc, -netdev tap,vhost=off) when compared, interleaved per NIC model"
             .into(),
     );
-    let configs: Vec<(Target, &str)> = NICS.iter().map(|n| (Target::Kvmrun, *n)).collect();
     let params = [
         ("mib", mib.to_string()),
         ("guests", "2".to_string()),
@@ -404,6 +429,8 @@ pub fn run_vm2vm(b: &mut Bench) {
         runs.to_string(),
         "--mib".into(),
         mib.to_string(),
+        "--vmms".into(),
+        vmms_arg(&configs),
         "--nics".into(),
         NICS.join(","),
     ];
@@ -418,21 +445,17 @@ pub fn run_vm2vm(b: &mut Bench) {
         initrd,
         &configs,
         limit,
-        NICS.len() as u64,
+        // One pair of guests per configuration, booted together.
+        configs.len() as u64,
         &params,
     );
-    if b.args.compare == Some(CompareWith::Qemu) {
-        b.rec.skipped(
-            SUITE,
-            "all",
-            Some(Target::Qemu),
-            "vm2vm pairs two kvmrun guests (virtio-net against e1000); QEMU pairs are not run",
-        );
-    }
+    skip_qemu(b, SUITE, &["tcp", "rr"]);
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::results::{Outcome, Recorder};
+    use super::super::tests::bench;
     use super::*;
 
     const NET_JSON: &str = r#"{
@@ -520,6 +543,141 @@ mod tests {
         let names: Vec<&str> = p.figures.iter().map(|f| f.name.as_str()).collect();
         assert_eq!(names, ["virtio/tcp", "virtio/rr", "e1000/rr"]);
         assert_eq!(p.missing, [("e1000/tcp".to_string(), Target::Kvmrun)]);
+    }
+
+    /// vm2vm.sh --vmms kvmrun,qemu: the QEMU e1000 pair gave no throughput (a guest that
+    /// ended mid-transfer).
+    const VM2VM_JSON: &str = r#"{
+      "benchmark": "vm2vm", "runs": 2, "mib": 2, "vmms": ["kvmrun", "qemu"],
+      "environment": {"guests": 2, "qemu": "QEMU emulator version 8.2.2 -M pc, -netdev tap,vhost=off"},
+      "metrics": [
+        {"name": "tcp", "label": "guest -> guest, 1 TCP stream (iperf3)", "unit": "MB/s",
+         "kvmrun_virtio": {"values": [3.0, 5.0], "min": 3.0, "median": 4.0, "max": 5.0},
+         "kvmrun_e1000": {"values": [1.0, 1.0], "min": 1.0, "median": 1.0, "max": 1.0},
+         "qemu_virtio": {"values": [8.0, 8.0], "min": 8.0, "median": 8.0, "max": 8.0},
+         "qemu_e1000": null,
+         "kvmrun_over_qemu_virtio": 0.5, "kvmrun_over_qemu_e1000": null,
+         "virtio_over_e1000_kvmrun": 4.0},
+        {"name": "rr", "label": "ICMP round trip guest -> guest (median)", "unit": "ms",
+         "kvmrun_virtio": {"values": [6.0, 6.0]}, "kvmrun_e1000": {"values": [9.0, 9.0]},
+         "qemu_virtio": {"values": [4.0, 4.0]}, "qemu_e1000": {"values": [3.0, 3.0]},
+         "kvmrun_over_qemu_virtio": 1.5, "kvmrun_over_qemu_e1000": 3.0,
+         "virtio_over_e1000_kvmrun": 0.67}]}"#;
+
+    #[test]
+    fn vm2vm_qemu_pairs_are_figures_on_the_qemu_target() {
+        let p = parse(VM2VM_JSON, &all_configs()).unwrap();
+        let get = |name: &str, t: Target| {
+            p.figures
+                .iter()
+                .find(|f| f.name == name && f.target == t)
+                .map(|f| f.values.clone())
+        };
+        assert_eq!(get("virtio/tcp", Target::Qemu), Some(vec![8.0, 8.0]));
+        assert_eq!(get("virtio/rr", Target::Qemu), Some(vec![4.0, 4.0]));
+        assert_eq!(get("e1000/rr", Target::Qemu), Some(vec![3.0, 3.0]));
+        assert_eq!(get("virtio/tcp", Target::Kvmrun), Some(vec![3.0, 5.0]));
+        // 4 kvmrun + 3 QEMU; the ratios in the JSON are not figures.
+        assert_eq!(p.figures.len(), 7);
+        assert_eq!(p.missing, [("e1000/tcp".to_string(), Target::Qemu)]);
+        assert!(p.short.is_empty());
+    }
+
+    #[test]
+    fn vm2vm_ratios_are_kvmrun_over_qemu_per_nic_model() {
+        let p = parse(VM2VM_JSON, &all_configs()).unwrap();
+        let mut rec = Recorder::default();
+        for f in p.figures {
+            rec.measured(
+                "vm2vm",
+                &f.name,
+                f.target,
+                &f.unit,
+                f.higher_is_better,
+                f.values,
+                &[],
+            );
+        }
+        let kq: Vec<(String, f64)> = rec
+            .ratios()
+            .into_iter()
+            .filter(|r| r.label() == "kvmrun/qemu")
+            .map(|r| (r.name, r.value))
+            .collect();
+        // The same medians as the script's kvmrun_over_qemu_{nic}; no e1000/tcp (QEMU's is
+        // missing).
+        assert_eq!(
+            kq,
+            [
+                ("virtio/tcp".to_string(), 0.5),
+                ("virtio/rr".to_string(), 1.5),
+                ("e1000/rr".to_string(), 3.0)
+            ]
+        );
+        // A failed QEMU pair is not ok, the rest measured.
+        let run = ended(1, "vm2vm.sh: qemu e1000: missing results\n");
+        let e = interpret("vm2vm.sh", &run, Ok(VM2VM_JSON.into()), &all_configs());
+        assert_eq!(
+            e.iter().filter(|x| matches!(x, Entry::Figure(_))).count(),
+            7
+        );
+        assert!(e.iter().any(|x| matches!(x,
+            Entry::Failed(n, Target::Qemu, why) if n == "e1000/tcp"
+                && why.contains("qemu e1000: missing results"))));
+    }
+
+    #[test]
+    fn vm2vm_json_of_kvmrun_pairs_only_still_reads_and_lacks_only_qemu() {
+        // What vm2vm.sh wrote before QEMU pairs: no vmms, no qemu_* entries.
+        let old = r#"{"benchmark": "vm2vm", "runs": 1, "metrics": [
+            {"name": "tcp", "unit": "MB/s", "kvmrun_virtio": {"values": [3.0]},
+             "kvmrun_e1000": {"values": [1.0]}, "virtio_over_e1000_kvmrun": 3.0}]}"#;
+        let p = parse(old, &all_configs()).unwrap();
+        assert_eq!(p.figures.len(), 2);
+        assert!(p.figures.iter().all(|f| f.target == Target::Kvmrun));
+        assert_eq!(
+            p.missing,
+            [
+                ("virtio/tcp".to_string(), Target::Qemu),
+                ("e1000/tcp".to_string(), Target::Qemu)
+            ]
+        );
+    }
+
+    #[test]
+    fn qemu_pairs_run_when_compared_and_present_else_each_figure_is_a_skip() {
+        let b = bench(true);
+        assert_eq!(configs(&b), all_configs());
+        assert_eq!(vmms_arg(&configs(&b)), "kvmrun,qemu");
+        let mut b = bench(true);
+        b.qemu_unavailable = Some("qemu-system-x86_64 not found".into());
+        assert_eq!(vmms_arg(&configs(&b)), "kvmrun");
+        assert!(configs(&b).iter().all(|(t, _)| *t == Target::Kvmrun));
+        skip_qemu(&mut b, "vm2vm", &["tcp", "rr"]);
+        let skips: Vec<(&str, Option<Target>, &str)> = b
+            .rec
+            .outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Skipped(u) => Some((u.name.as_str(), u.target, u.reason.as_str())),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(skips.len(), 4);
+        assert!(skips
+            .iter()
+            .all(|(_, t, why)| *t == Some(Target::Qemu) && why.contains("not found")));
+        assert_eq!(skips[0].0, "virtio/tcp");
+        // Not compared: said so; compared and present: nothing skipped.
+        let mut b = bench(true);
+        b.args.compare = None;
+        assert_eq!(vmms_arg(&configs(&b)), "kvmrun");
+        skip_qemu(&mut b, "vm2vm", &["tcp"]);
+        assert!(matches!(&b.rec.outcomes[..], [Outcome::Skipped(u), _]
+            if u.reason.contains("--compare qemu")));
+        let mut b = bench(true);
+        skip_qemu(&mut b, "vm2vm", &["tcp", "rr"]);
+        assert!(b.rec.outcomes.is_empty());
     }
 
     fn ended(status: i32, log: &str) -> ScriptRun {
