@@ -41,6 +41,27 @@ skipped() {
 
 tries() { grep -cxF -- "$1" "$state/attempts"; }
 
+# When a guest triple-faults, SVM's shutdown intercept hands KVM an undefined VMCB, which KVM
+# reinitialises before kvmrun can read the registers (they show the reset vector). KVM's
+# kvm_exit tracepoint fires first and records the guest's rip: keep only the shutdown and
+# exception intercepts (SVM exit codes 0x7f, 0x40-0x5f; none in a healthy boot) and show them
+# after a failed attempt.
+trace=/sys/kernel/tracing
+kvm_trace_on() {
+  [ -d /sys/module/kvm_amd ] || return 1
+  mountpoint -q "$trace" || mount -t tracefs nodev "$trace" 2>/dev/null || return 1
+  echo 'exit_reason == 0x7f || (exit_reason >= 0x40 && exit_reason < 0x60)' \
+    >"$trace/events/kvm/kvm_exit/filter" &&
+    echo 1 >"$trace/events/kvm/kvm_exit/enable" && echo 1 >"$trace/tracing_on"
+} 2>/dev/null
+kvm_trace_show() {
+  [ -n "$tracing" ] || return 0
+  grep -v '^#' "$trace/trace" | tail -n 20 | sed 's/^/guest-tests: KVM saw: /'
+  echo >"$trace/trace"
+}
+tracing=
+kvm_trace_on && tracing=1
+
 rc=0
 for bin in "$@"; do
   if ! names=$("$bin" --ignored --list --format terse | sed -n 's/: test$//p'); then
@@ -68,11 +89,13 @@ for bin in "$@"; do
       if [ "$n" -ge 1 ]; then
         echo "guest-tests: $name failed $n time(s) (or the test host died during it); attempt $((n + 1)) of $attempts"
       fi
+      [ -n "$tracing" ] && echo >"$trace/trace"
       if "$bin" --ignored --exact "$name" --test-threads=1 2>&1; then
         echo "$name" >>"$state/passed"
         [ "$n" -ge 1 ] && echo "guest-tests: RETRIED $name: failed $n time(s), passed on attempt $((n + 1))"
         break
       fi
+      kvm_trace_show
     done
   done
 done
