@@ -88,8 +88,8 @@ impl BusDevice for I8042 {
         let value = match offset {
             DATA_OFFSET | STATUS_COMMAND_OFFSET => st.kbc.read(offset as u8),
             PORT_B_OFFSET => {
-                // Port 0x61 is normally handled by KVM's in-kernel PIT (KVM_CREATE_PIT2); this
-                // is the fallback. Loops such as Linux's PIT calibration poll bit 5 (timer 2
+                // Port 0x61 is KVM's in-kernel PIT's when the machine has one (KVM_CREATE_PIT2,
+                // `--pit on`); without a PIT (the default) it is answered here. Loops such as Linux's PIT calibration poll bit 5 (timer 2
                 // output) for a change, so both toggling bits flip on every read: a poll
                 // always ends, and code waiting for the refresh bit to flip sees it flip.
                 st.port_b ^= PORT_B_TOGGLE_BITS;
